@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# start.sh — the one command that takes a fresh Debian 12 host to a running
+# code-interpreter gateway: packages, service user, rootless Podman and its REST
+# service, the worker image, the gateway binary and config, then the gateway.
+# Every step is idempotent; a second run only checks and skips.
+#
+# Usage: scripts/start.sh [--no-start] [--no-build]
+#   --no-start  do everything except starting the gateway (used by tests)
+#   --no-build  do not run cargo; install target/release/code-interpreter if it exists
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() { sed -n '8,10s/^# \{0,1\}//p' "$0"; }
+
+main() {
+	local start=1 build=1 bin
+	while (($#)); do
+		case $1 in
+		--no-start) start=0 ;;
+		--no-build) build=0 ;;
+		-h | --help) usage && return 0 ;;
+		*) usage >&2 && die "unknown option $1" ;;
+		esac
+		shift
+	done
+
+	ensure_packages
+	ensure_service_user
+	ensure_podman_config
+	ensure_podman_service
+	ensure_base_image
+	ensure_worker_image
+
+	bin=$REPO/target/release/code-interpreter
+	if ((build)); then
+		if [[ -f $REPO/Cargo.toml ]]; then
+			bin=$(build_gateway)
+		else
+			warn "no Cargo.toml in $REPO: gateway not built"
+		fi
+	fi
+	if [[ -x $bin ]]; then
+		install_files "$bin"
+	elif ((start)); then
+		die "no gateway binary at $bin"
+	else
+		warn "no gateway binary at $bin: not installed"
+	fi
+
+	if ((start)); then
+		start_gateway
+		print_access
+	else
+		log "done (--no-start): podman service and worker image ready; gateway not started"
+	fi
+}
+
+main "$@"

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# stop.sh — stops what start.sh started: the gateway (by its pid file), every
+# worker container, and the podman service if start.sh started it (a systemd
+# podman.socket is left alone). Idempotent: exits 0 when nothing runs.
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+main() {
+	if ! svc_exists; then
+		log "service user $SVC_USER does not exist: nothing to stop"
+		return 0
+	fi
+	stop_gateway
+	remove_workers
+	stop_pid "$PODMAN_PIDFILE" /usr/bin/podman "podman service"
+}
+
+main "$@"

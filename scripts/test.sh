@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# test.sh — the whole test suite, as CI runs it (.ci/run calls this).
+#
+# 1. scripts/start.sh --no-start: packages, service user, rootless Podman and
+#    its REST socket, worker image (cached by input hash), release build.
+# 2. cargo test --release: unit tests, then integration tests that start real
+#    gateways as the service user against real rootless Podman.
+# 3. tests/e2e_scripts.sh: the README's flow (start.sh, curl, stop.sh).
+#
+# Usage: scripts/test.sh [extra cargo test args]
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+main() {
+	"$REPO/scripts/start.sh" --no-start
+	svc_resolve
+
+	# Where the integration tests find the service user's Podman.
+	if is_root; then
+		export CI_TEST_SVC_USER=$SVC_USER
+	fi
+	export CI_TEST_SVC_HOME=$SVC_HOME CI_TEST_SVC_RUNTIME=$SVC_RUNTIME
+
+	log "== cargo test"
+	(cd "$REPO" && cargo test --release --locked -- --test-threads=2 "$@")
+
+	log "== end-to-end through the README's scripts"
+	bash "$REPO/tests/e2e_scripts.sh"
+}
+
+main "$@"

@@ -1,0 +1,85 @@
+//! Request and response bodies of the HTTP API (serde types only).
+
+use serde::{Deserialize, Serialize};
+
+use crate::kernel::outputs::{ErrorInfo, Output};
+
+/// Longest accepted `user_uuid`, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 256;
+
+/// `POST /execute`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecuteRequest {
+    pub user_uuid: String,
+    pub code: String,
+    /// Seconds; may lower the configured hard timeout, never raise it.
+    pub timeout: Option<f64>,
+}
+
+/// `POST /release`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReleaseRequest {
+    pub user_uuid: String,
+}
+
+/// The answer to a completed execution (also when the code raised).
+#[derive(Debug, Serialize)]
+pub struct ExecuteResponse {
+    /// Streams and `text/plain` results in order, as the original API returned.
+    pub result_text: String,
+    /// The last PNG displayed, base64; null when none.
+    pub result_base64: Option<String>,
+    /// "ok", or "error" when the code raised (the session is intact).
+    pub status: String,
+    pub outputs: Vec<Output>,
+    pub error: Option<ErrorInfo>,
+    pub execution_count: Option<i64>,
+    pub duration_ms: u64,
+    /// True when this request ran in a fresh kernel.
+    pub session_created: bool,
+    /// True when output past the configured cap was dropped.
+    pub output_truncated: bool,
+}
+
+/// `POST /release`'s answer.
+#[derive(Debug, Serialize)]
+pub struct ReleaseResponse {
+    pub status: &'static str,
+    pub detail: String,
+}
+
+/// Checks a `user_uuid`: non-empty, bounded, printable. It is only ever a map key.
+pub fn validate_user(user: &str) -> Result<(), String> {
+    if user.trim().is_empty() {
+        return Err("user_uuid must not be empty".into());
+    }
+    if user.len() > MAX_USER_ID_BYTES {
+        return Err(format!(
+            "user_uuid must be at most {MAX_USER_ID_BYTES} bytes"
+        ));
+    }
+    if user.chars().any(char::is_control) {
+        return Err("user_uuid must not contain control characters".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids() {
+        assert!(validate_user("9b2c1a8e-6c1f-4d5e-8f00-0123456789ab").is_ok());
+        assert!(
+            validate_user("../../etc/passwd").is_ok(),
+            "odd but harmless: only a map key"
+        );
+        assert!(validate_user("").is_err());
+        assert!(validate_user("  ").is_err());
+        assert!(validate_user("a\nb").is_err());
+        assert!(validate_user(&"x".repeat(300)).is_err());
+    }
+}

@@ -1,0 +1,296 @@
+//! Typed configuration: `config.toml` plus environment overrides, with defaults.
+//!
+//! Every tunable of the gateway lives here so that the rest of the code receives
+//! validated values and never reads the environment itself.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+
+/// The whole configuration, as read from `config.toml`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub paths: PathsConfig,
+    pub worker: WorkerConfig,
+    pub pool: PoolConfig,
+    pub execution: ExecutionConfig,
+}
+
+/// The HTTP side: where to listen, how to authenticate, what to accept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port of the HTTP API.
+    pub listen: SocketAddr,
+    /// A fixed API token; when empty one is generated and kept in the state dir.
+    pub token: Option<String>,
+    /// Largest accepted `code`, in bytes (413 beyond).
+    pub max_code_bytes: usize,
+    /// Requests one user may have waiting behind a running one (429 beyond).
+    pub max_queue_per_user: usize,
+}
+
+/// Where the gateway keeps its files and finds Podman. Empty means "derive".
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PathsConfig {
+    /// Token and persistent state: default `$XDG_STATE_HOME/code-interpreter`.
+    pub state_dir: Option<PathBuf>,
+    /// Per-worker directories (kernel sockets): default `$XDG_RUNTIME_DIR/code-interpreter`.
+    pub runtime_dir: Option<PathBuf>,
+    /// Podman's REST socket: default `$XDG_RUNTIME_DIR/podman/podman.sock`.
+    pub podman_socket: Option<PathBuf>,
+}
+
+/// How each worker container is built.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The worker image (built by `scripts/start.sh`).
+    pub image: String,
+    /// Label value that marks this gateway's workers; lets several gateways share one Podman.
+    pub instance: String,
+    /// Size of the writable `/tmp` tmpfs, MiB.
+    pub tmp_size_mb: u64,
+    /// Size of the writable home/work tmpfs, MiB.
+    pub home_size_mb: u64,
+    /// Open-file limit inside the worker (must not exceed the host's hard limit).
+    pub nofile: u64,
+    /// Process limit inside the worker (RLIMIT_NPROC).
+    pub nproc: u64,
+    /// Memory a worker is expected to use, MiB; sizes the automatic capacity.
+    pub memory_mb: u64,
+    /// How long a new worker may take to answer its first kernel_info_request.
+    pub start_timeout_secs: u64,
+}
+
+/// The warm pool and capacity.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Ready, unassigned workers kept waiting for new users.
+    pub min_idle: usize,
+    /// Most workers alive at once; 0 derives it from host memory.
+    pub max_workers: usize,
+    /// Workers started in parallel while refilling.
+    pub create_parallelism: usize,
+}
+
+/// Limits of one execution.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutionConfig {
+    /// Hard timeout of one `/execute`, seconds; a request may ask for less, never more.
+    pub timeout_secs: f64,
+    /// Output kept per execution (text and images), bytes; the rest is cut with a marker.
+    pub max_output_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:3874".parse().expect("valid default address"),
+            token: None,
+            max_code_bytes: 1024 * 1024,
+            max_queue_per_user: 8,
+        }
+    }
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            image: "localhost/code-interpreter-worker:latest".into(),
+            instance: "default".into(),
+            tmp_size_mb: 256,
+            home_size_mb: 512,
+            nofile: 1024,
+            nproc: 1024,
+            memory_mb: 1024,
+            start_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            min_idle: 2,
+            max_workers: 0,
+            create_parallelism: 2,
+        }
+    }
+}
+
+impl Default for ExecutionConfig {
+    fn default() -> Self {
+        Self {
+            timeout_secs: 30.0,
+            max_output_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (or uses defaults), applies environment overrides, validates.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let mut config: Config = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        config.apply_env(|name| std::env::var(name).ok())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Environment variables win over the file, so scripts and tests can adjust one value.
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<()> {
+        if let Some(listen) = var("CODE_INTERPRETER_LISTEN") {
+            self.server.listen = listen
+                .parse()
+                .with_context(|| format!("CODE_INTERPRETER_LISTEN={listen:?} is not host:port"))?;
+        }
+        if let Some(token) = var("CODE_INTERPRETER_TOKEN").filter(|t| !t.is_empty()) {
+            self.server.token = Some(token);
+        }
+        if let Some(dir) = var("CODE_INTERPRETER_STATE_DIR") {
+            self.paths.state_dir = Some(dir.into());
+        }
+        if let Some(dir) = var("CODE_INTERPRETER_RUNTIME_DIR") {
+            self.paths.runtime_dir = Some(dir.into());
+        }
+        if let Some(socket) = var("CODE_INTERPRETER_PODMAN_SOCKET") {
+            self.paths.podman_socket = Some(socket.into());
+        }
+        if let Some(instance) = var("CODE_INTERPRETER_INSTANCE") {
+            self.worker.instance = instance;
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<()> {
+        if let Some(token) = &self.server.token {
+            if token.len() < 16 {
+                bail!("server.token must be at least 16 characters");
+            }
+        }
+        let instance_ok = !self.worker.instance.is_empty()
+            && self.worker.instance.len() <= 32
+            && self
+                .worker
+                .instance
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if !instance_ok {
+            bail!("worker.instance must be 1-32 characters of [A-Za-z0-9-]");
+        }
+        if !(self.execution.timeout_secs > 0.0 && self.execution.timeout_secs <= 86_400.0) {
+            bail!("execution.timeout_secs must be in (0, 86400]");
+        }
+        if self.server.max_code_bytes == 0 || self.pool.create_parallelism == 0 {
+            bail!("server.max_code_bytes and pool.create_parallelism must be positive");
+        }
+        Ok(())
+    }
+
+    /// The configured hard timeout of one execution.
+    pub fn max_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.execution.timeout_secs)
+    }
+
+    /// Directory for the token and other persistent state.
+    pub fn state_dir(&self) -> PathBuf {
+        self.paths
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| xdg_dir("XDG_STATE_HOME", ".local/state").join("code-interpreter"))
+    }
+
+    /// Directory under which every worker gets its own subdirectory.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.paths
+            .runtime_dir
+            .clone()
+            .unwrap_or_else(|| user_runtime_dir().join("code-interpreter"))
+    }
+
+    /// Path of Podman's REST socket.
+    pub fn podman_socket(&self) -> PathBuf {
+        self.paths
+            .podman_socket
+            .clone()
+            .unwrap_or_else(|| user_runtime_dir().join("podman/podman.sock"))
+    }
+}
+
+/// `$XDG_RUNTIME_DIR`, or `/run/user/<uid>` as systemd would set it.
+fn user_runtime_dir() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => dir.into(),
+        _ => PathBuf::from(format!("/run/user/{}", current_uid())),
+    }
+}
+
+fn xdg_dir(var: &str, fallback_under_home: &str) -> PathBuf {
+    match std::env::var_os(var) {
+        Some(dir) if !dir.is_empty() => dir.into(),
+        _ => {
+            let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+            PathBuf::from(home).join(fallback_under_home)
+        }
+    }
+}
+
+fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self is owned by the process's uid; avoids an unsafe libc call.
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_original_api() {
+        let config = Config::default();
+        assert_eq!(config.server.listen.port(), 3874);
+        assert_eq!(config.server.max_code_bytes, 1024 * 1024);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn file_values_and_env_overrides() {
+        let mut config: Config =
+            toml::from_str("[server]\nlisten = \"127.0.0.1:9000\"\n[pool]\nmin_idle = 5\n")
+                .unwrap();
+        assert_eq!(config.pool.min_idle, 5);
+        config
+            .apply_env(|name| (name == "CODE_INTERPRETER_LISTEN").then(|| "127.0.0.1:9001".into()))
+            .unwrap();
+        assert_eq!(config.server.listen.port(), 9001);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<Config>("[server]\nlistn = \"x\"\n").is_err());
+        let mut config = Config::default();
+        config.worker.instance = "../etc".into();
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.server.token = Some("short".into());
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! Counters that `/status` reports, shared by every part of the gateway.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Monotonic counters since the gateway started.
+#[derive(Default)]
+pub struct Metrics {
+    pub executions: AtomicU64,
+    pub execution_errors: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub kernel_failures: AtomicU64,
+    pub sessions_created: AtomicU64,
+    pub sessions_released: AtomicU64,
+    pub workers_created: AtomicU64,
+    pub workers_destroyed: AtomicU64,
+    pub worker_start_failures: AtomicU64,
+}
+
+/// A point-in-time copy of the counters, for JSON.
+#[derive(Serialize)]
+pub struct Snapshot {
+    pub executions: u64,
+    pub execution_errors: u64,
+    pub timeouts: u64,
+    pub kernel_failures: u64,
+    pub sessions_created: u64,
+    pub sessions_released: u64,
+    pub workers_created: u64,
+    pub workers_destroyed: u64,
+    pub worker_start_failures: u64,
+}
+
+impl Metrics {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            executions: get(&self.executions),
+            execution_errors: get(&self.execution_errors),
+            timeouts: get(&self.timeouts),
+            kernel_failures: get(&self.kernel_failures),
+            sessions_created: get(&self.sessions_created),
+            sessions_released: get(&self.sessions_released),
+            workers_created: get(&self.workers_created),
+            workers_destroyed: get(&self.workers_destroyed),
+            worker_start_failures: get(&self.worker_start_failures),
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The warm pool: ready workers waiting for new users, and the capacity limit.
+//!
+//! A background task keeps `min_idle` workers ready, creating at most
+//! `create_parallelism` at once and backing off after failures, so a broken
+//! setup shows up as a reason in `/status` instead of a storm of containers.
+//! Every live or starting worker holds one capacity slot until it is destroyed.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, Result};
+use serde::Serialize;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::metrics::Metrics;
+use crate::worker::{Remains, Worker, WorkerFactory};
+
+/// Why no worker could be had.
+#[derive(Debug)]
+pub enum TakeError {
+    /// Every slot is taken by a live worker.
+    Full,
+    /// Creating a worker failed.
+    Failed(anyhow::Error),
+}
+
+/// The pool and its bookkeeping.
+pub struct Pool {
+    factory: Arc<WorkerFactory>,
+    metrics: Arc<Metrics>,
+    idle: Mutex<VecDeque<Worker>>,
+    /// Workers alive or being created: the capacity in use.
+    slots_used: AtomicUsize,
+    /// Workers being created right now.
+    creating: AtomicUsize,
+    max_workers: usize,
+    min_idle: usize,
+    parallelism: Arc<Semaphore>,
+    /// Wakes the refill task (a worker was taken or destroyed).
+    refill: Notify,
+    /// Wakes requests waiting for a worker that is being created.
+    ready: Notify,
+    /// True until the pool first reached `min_idle` (or gave up trying).
+    initializing: AtomicBool,
+    /// The last creation failure, shown in `/status` until a creation succeeds.
+    last_error: Mutex<Option<String>>,
+}
+
+/// The pool's state for `/status`.
+#[derive(Serialize)]
+pub struct PoolSnapshot {
+    pub idle: usize,
+    pub creating: usize,
+    pub alive: usize,
+    pub max_workers: usize,
+    pub min_idle: usize,
+    pub initializing: bool,
+    pub last_error: Option<String>,
+}
+
+impl Pool {
+    pub fn new(
+        factory: Arc<WorkerFactory>,
+        metrics: Arc<Metrics>,
+        min_idle: usize,
+        max_workers: usize,
+        parallelism: usize,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            factory,
+            metrics,
+            idle: Mutex::new(VecDeque::new()),
+            slots_used: AtomicUsize::new(0),
+            creating: AtomicUsize::new(0),
+            max_workers,
+            min_idle: min_idle.min(max_workers),
+            parallelism: Arc::new(Semaphore::new(parallelism)),
+            refill: Notify::new(),
+            ready: Notify::new(),
+            initializing: AtomicBool::new(min_idle > 0),
+            last_error: Mutex::new(None),
+        })
+    }
+
+    /// Hands out a ready worker: from the pool, else made now, else waits for
+    /// one being made; `Full` when every slot holds a live worker.
+    pub async fn take(self: &Arc<Self>) -> Result<Worker, TakeError> {
+        loop {
+            let ready = self.ready.notified();
+            tokio::pin!(ready);
+            ready.as_mut().enable();
+            if let Some(worker) = self.idle.lock().unwrap().pop_front() {
+                self.refill.notify_one();
+                return Ok(worker);
+            }
+            if self.reserve_slot() {
+                return self.create().await.map_err(TakeError::Failed);
+            }
+            if self.creating.load(Ordering::SeqCst) == 0 {
+                return Err(TakeError::Full);
+            }
+            ready.await;
+        }
+    }
+
+    /// Destroys a worker in the background and frees its slot afterwards.
+    pub fn destroy(self: &Arc<Self>, remains: Remains) {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            pool.factory.destroy(remains).await;
+            Metrics::bump(&pool.metrics.workers_destroyed);
+            pool.slots_used.fetch_sub(1, Ordering::SeqCst);
+            pool.refill.notify_one();
+        });
+    }
+
+    pub fn snapshot(&self) -> PoolSnapshot {
+        PoolSnapshot {
+            idle: self.idle.lock().unwrap().len(),
+            creating: self.creating.load(Ordering::SeqCst),
+            alive: self.slots_used.load(Ordering::SeqCst),
+            max_workers: self.max_workers,
+            min_idle: self.min_idle,
+            initializing: self.initializing.load(Ordering::SeqCst),
+            last_error: self.last_error.lock().unwrap().clone(),
+        }
+    }
+
+    /// Keeps `min_idle` workers ready, forever. Spawn once.
+    pub async fn run_refill(self: Arc<Self>) {
+        let mut failures: u32 = 0;
+        loop {
+            let have = self.idle.lock().unwrap().len() + self.creating.load(Ordering::SeqCst);
+            let wanted = self.min_idle.saturating_sub(have);
+            let mut started = Vec::new();
+            for _ in 0..wanted {
+                if !self.reserve_slot() {
+                    break; // full: what is alive serves users
+                }
+                let pool = Arc::clone(&self);
+                started.push(tokio::spawn(async move {
+                    let worker = pool.create().await?;
+                    pool.idle.lock().unwrap().push_back(worker);
+                    pool.ready.notify_waiters();
+                    anyhow::Ok(())
+                }));
+            }
+            if started.is_empty() {
+                // Filled (or full): start-up is over; sleep until a worker is taken or destroyed.
+                self.initializing.store(false, Ordering::SeqCst);
+                tokio::select! {
+                    _ = self.refill.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+                continue;
+            }
+            for handle in started {
+                match handle
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow!("worker creation task failed: {e}")))
+                {
+                    Ok(()) => failures = 0,
+                    Err(_) => failures += 1,
+                }
+            }
+            if failures > 0 {
+                // Back off 2, 4 … 30 s after consecutive failures; don't report
+                // "initializing" forever when the setup is broken.
+                self.initializing.store(false, Ordering::SeqCst);
+                let delay =
+                    Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30));
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+
+    fn reserve_slot(&self) -> bool {
+        self.slots_used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                (used < self.max_workers).then_some(used + 1)
+            })
+            .is_ok()
+    }
+
+    /// Creates a worker in a reserved slot; frees the slot on failure.
+    async fn create(self: &Arc<Self>) -> Result<Worker> {
+        let _permit = self
+            .parallelism
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        self.creating.fetch_add(1, Ordering::SeqCst);
+        let result = self.factory.create().await;
+        self.creating.fetch_sub(1, Ordering::SeqCst);
+        match &result {
+            Ok(worker) => {
+                Metrics::bump(&self.metrics.workers_created);
+                *self.last_error.lock().unwrap() = None;
+                tracing::info!(worker = worker.id, "worker ready");
+            }
+            Err(e) => {
+                Metrics::bump(&self.metrics.worker_start_failures);
+                self.slots_used.fetch_sub(1, Ordering::SeqCst);
+                *self.last_error.lock().unwrap() = Some(format!("{e:#}"));
+                tracing::error!("could not start a worker: {e:#}");
+            }
+        }
+        self.ready.notify_waiters();
+        result
+    }
+}

@@ -1,0 +1,188 @@
+//! The session table: which worker serves which user, and one execution at a
+//! time per user, in arrival order.
+//!
+//! A session's worker slot is behind a FIFO lock; whoever holds it and finds it
+//! empty takes a fresh worker from the pool (that request reports
+//! `session_created`). A worker that timed out or failed is taken out of the
+//! slot and destroyed, so the user's next request starts afresh.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::kernel::{ExecuteError, Execution};
+use crate::metrics::Metrics;
+use crate::pool::{Pool, TakeError};
+use crate::worker::Worker;
+
+/// Why an execution produced no result.
+#[derive(Debug)]
+pub enum SessionError {
+    /// The code ran past its deadline; the worker was destroyed.
+    Timeout(Duration),
+    /// The kernel died or misbehaved; the worker was destroyed.
+    KernelFailed(String),
+    /// No capacity for a new worker.
+    Full,
+    /// A worker could not be started.
+    WorkerUnavailable(String),
+    /// Too many requests of this user are already waiting.
+    QueueFull(usize),
+}
+
+/// The result of one execution.
+pub struct Outcome {
+    pub execution: Execution,
+    /// True when this request got a fresh kernel (no state from before).
+    pub session_created: bool,
+    pub duration: Duration,
+}
+
+/// One user's session.
+struct Session {
+    worker: tokio::sync::Mutex<Option<Worker>>,
+    /// Requests of this user running or waiting.
+    pending: AtomicUsize,
+}
+
+/// All sessions, keyed by `user_uuid` (only ever a map key, never a name or path).
+pub struct Sessions {
+    table: Mutex<HashMap<String, Arc<Session>>>,
+    pool: Arc<Pool>,
+    metrics: Arc<Metrics>,
+    max_queue: usize,
+    max_output_bytes: usize,
+    /// Executions running right now.
+    busy: AtomicUsize,
+}
+
+/// Counts of sessions for `/status`.
+pub struct SessionCounts {
+    pub sessions: usize,
+    pub busy: usize,
+}
+
+impl Sessions {
+    pub fn new(
+        pool: Arc<Pool>,
+        metrics: Arc<Metrics>,
+        max_queue: usize,
+        max_output_bytes: usize,
+    ) -> Self {
+        Self {
+            table: Mutex::new(HashMap::new()),
+            pool,
+            metrics,
+            max_queue,
+            max_output_bytes,
+            busy: AtomicUsize::new(0),
+        }
+    }
+
+    /// Runs `code` in `user`'s kernel, waiting behind the user's earlier requests.
+    pub async fn execute(
+        &self,
+        user: &str,
+        code: &str,
+        timeout: Duration,
+    ) -> Result<Outcome, SessionError> {
+        let session = self.session(user);
+        let pending = session.pending.fetch_add(1, Ordering::SeqCst);
+        let _pending = Decrement(&session.pending);
+        if pending > self.max_queue {
+            return Err(SessionError::QueueFull(self.max_queue));
+        }
+        let mut slot = session.worker.lock().await;
+        let session_created = slot.is_none();
+        if session_created {
+            let worker = self.pool.take().await.map_err(|e| match e {
+                TakeError::Full => SessionError::Full,
+                TakeError::Failed(e) => SessionError::WorkerUnavailable(format!("{e:#}")),
+            })?;
+            tracing::info!(worker = worker.id, "session started");
+            Metrics::bump(&self.metrics.sessions_created);
+            *slot = Some(worker);
+        }
+        let worker = slot.as_mut().expect("slot was just filled");
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        let _busy = Decrement(&self.busy);
+        Metrics::bump(&self.metrics.executions);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        match worker
+            .kernel
+            .execute(code, deadline, self.max_output_bytes)
+            .await
+        {
+            Ok(execution) => {
+                if execution.status != "ok" {
+                    Metrics::bump(&self.metrics.execution_errors);
+                }
+                Ok(Outcome {
+                    execution,
+                    session_created,
+                    duration: started.elapsed(),
+                })
+            }
+            Err(failure) => {
+                let worker = slot.take().expect("slot holds the worker");
+                tracing::warn!(worker = worker.id, "destroying worker: {failure:?}");
+                self.pool.destroy(worker.into_remains());
+                Err(match failure {
+                    ExecuteError::Timeout => {
+                        Metrics::bump(&self.metrics.timeouts);
+                        SessionError::Timeout(timeout)
+                    }
+                    ExecuteError::Kernel(e) => {
+                        Metrics::bump(&self.metrics.kernel_failures);
+                        SessionError::KernelFailed(format!("{e:#}"))
+                    }
+                })
+            }
+        }
+    }
+
+    /// Ends `user`'s session; its worker is destroyed once its current execution ends.
+    /// Returns whether there was a session.
+    pub fn release(&self, user: &str) -> bool {
+        let Some(session) = self.table.lock().unwrap().remove(user) else {
+            return false;
+        };
+        Metrics::bump(&self.metrics.sessions_released);
+        let pool = Arc::clone(&self.pool);
+        tokio::spawn(async move {
+            if let Some(worker) = session.worker.lock().await.take() {
+                tracing::info!(worker = worker.id, "session released");
+                pool.destroy(worker.into_remains());
+            }
+        });
+        true
+    }
+
+    pub fn counts(&self) -> SessionCounts {
+        SessionCounts {
+            sessions: self.table.lock().unwrap().len(),
+            busy: self.busy.load(Ordering::SeqCst),
+        }
+    }
+
+    fn session(&self, user: &str) -> Arc<Session> {
+        let mut table = self.table.lock().unwrap();
+        Arc::clone(table.entry(user.to_string()).or_insert_with(|| {
+            Arc::new(Session {
+                worker: tokio::sync::Mutex::new(None),
+                pending: AtomicUsize::new(0),
+            })
+        }))
+    }
+}
+
+/// Decrements a counter when dropped (also when the request is cancelled).
+struct Decrement<'a>(&'a AtomicUsize);
+
+impl Drop for Decrement<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}

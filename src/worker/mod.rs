@@ -1,0 +1,205 @@
+//! Workers: one container running one kernel, created ready and destroyed whole.
+//!
+//! The factory is the only code that creates or removes worker containers and
+//! their directories. A worker is cattle: any failure while it is being made
+//! or used ends in `destroy`, never in a repair.
+
+pub mod podman;
+pub mod spec;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::config::Config;
+use crate::kernel::{ConnectionInfo, KernelClient};
+use crate::random;
+use podman::PodmanRuntime;
+
+/// A live worker with a connected kernel.
+pub struct Worker {
+    /// Random id; names the container and the worker directory. Never derived from a user.
+    pub id: String,
+    /// Podman's container id.
+    pub container: String,
+    /// The worker directory on the gateway's side.
+    pub dir: PathBuf,
+    pub kernel: KernelClient,
+}
+
+/// What is left to clean up of a worker once its kernel connection is gone.
+pub struct Remains {
+    pub id: String,
+    pub container: Option<String>,
+    pub dir: PathBuf,
+}
+
+/// Makes and destroys workers.
+pub struct WorkerFactory {
+    podman: PodmanRuntime,
+    config: Arc<Config>,
+    workers_dir: PathBuf,
+}
+
+impl WorkerFactory {
+    /// Prepares the runtime directory (0700) that holds every worker directory.
+    pub fn new(podman: PodmanRuntime, config: Arc<Config>) -> Result<Self> {
+        let runtime_dir = config.runtime_dir();
+        let workers_dir = runtime_dir.join("workers");
+        for dir in [&runtime_dir, &workers_dir] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("creating runtime directory {}", dir.display()))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("restricting {} to its owner", dir.display()))?;
+        }
+        Ok(Self {
+            podman,
+            config,
+            workers_dir,
+        })
+    }
+
+    /// Creates a container, starts its kernel and connects to it.
+    pub async fn create(&self) -> Result<Worker> {
+        let id = random::hex(8);
+        let dir = self.workers_dir.join(&id);
+        let mut remains = Remains {
+            id: id.clone(),
+            container: None,
+            dir: dir.clone(),
+        };
+        match self.start(&id, &dir, &mut remains).await {
+            Ok(worker) => Ok(worker),
+            Err(e) => {
+                self.destroy(remains).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn start(&self, id: &str, dir: &Path, remains: &mut Remains) -> Result<Worker> {
+        let info = ConnectionInfo {
+            key: random::hex(32),
+            host_dir: dir.to_path_buf(),
+            kernel_dir: spec::KERNEL_DIR.into(),
+        };
+        write_worker_dir(&info)?;
+        let name = format!("code-interpreter-{}-{id}", self.config.worker.instance);
+        let opts = spec::container_opts(&self.config.worker, &name, dir);
+        let (container, warnings) = self.podman.run(&opts).await?;
+        remains.container = Some(container.clone());
+        for warning in warnings {
+            tracing::debug!(worker = id, "podman: {warning}");
+        }
+        let within = Duration::from_secs(self.config.worker.start_timeout_secs);
+        let kernel = KernelClient::connect(&info, within)
+            .await
+            .with_context(|| format!("waiting for the kernel of worker {id}"))?;
+        Ok(Worker {
+            id: id.to_string(),
+            container,
+            dir: dir.to_path_buf(),
+            kernel,
+        })
+    }
+
+    /// Removes the container and the directory; logs what could not be removed.
+    pub async fn destroy(&self, remains: Remains) {
+        if let Some(container) = &remains.container {
+            if let Err(e) = self.podman.remove(container).await {
+                tracing::warn!(worker = remains.id, "could not remove container: {e:#}");
+            }
+        }
+        remove_worker_dir(&remains.dir).await;
+    }
+
+    /// Removes every worker of this instance left by an earlier run of the gateway.
+    pub async fn remove_leftovers(&self) -> Result<usize> {
+        let leftovers = self
+            .podman
+            .list_workers(&self.config.worker.instance)
+            .await?;
+        for container in &leftovers {
+            self.podman.remove(container).await?;
+        }
+        if let Ok(entries) = fs::read_dir(&self.workers_dir) {
+            for entry in entries.flatten() {
+                remove_worker_dir(&entry.path()).await;
+            }
+        }
+        Ok(leftovers.len())
+    }
+}
+
+impl Worker {
+    /// Splits off what must be cleaned up; drops the kernel connection.
+    pub fn into_remains(self) -> Remains {
+        Remains {
+            id: self.id,
+            container: Some(self.container),
+            dir: self.dir,
+        }
+    }
+}
+
+/// Removes a worker directory. Sandboxed code may have left subdirectories
+/// owned by its (subordinate) uid that we cannot empty; those are removed from
+/// inside our user namespace with `podman unshare` (control path only).
+async fn remove_worker_dir(dir: &Path) {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => return,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => {
+            tracing::warn!("could not remove {}: {e}", dir.display());
+            return;
+        }
+        Err(_) => {}
+    }
+    let status = tokio::process::Command::new("podman")
+        .args(["unshare", "rm", "-rf", "--"])
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .status()
+        .await;
+    if !matches!(status, Ok(s) if s.success()) || dir.exists() {
+        tracing::warn!(
+            "could not remove {} (also not with podman unshare)",
+            dir.display()
+        );
+    }
+}
+
+/// Creates the worker directory and the kernel's connection file.
+///
+/// The kernel runs as another uid (a subordinate id of ours), so the directory
+/// is world-writable and the file world-readable; both sit inside our 0700
+/// runtime directory, which no other host user can traverse.
+fn write_worker_dir(info: &ConnectionInfo) -> Result<()> {
+    let dir = &info.host_dir;
+    fs::DirBuilder::new()
+        .mode(0o777)
+        .create(dir)
+        .with_context(|| format!("creating worker directory {}", dir.display()))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o777))
+        .with_context(|| format!("opening {} to the worker's uid", dir.display()))?;
+    let path = dir.join("connection.json");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o666)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(info.kernel_file().to_string().as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("making {} readable by the kernel", path.display()))?;
+    Ok(())
+}

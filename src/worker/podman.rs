@@ -1,0 +1,115 @@
+//! The one place that talks to Podman, over its REST socket via `podman-api`.
+//!
+//! Known defects of podman-api 0.11 are worked around here and nowhere else:
+//! stop timeouts are ignored (we force-remove with timeout 0 instead of
+//! stopping) and `no_new_privileges` is misspelt (the worker entrypoint sets
+//! NoNewPrivs itself). Each call has a timeout, so a hung Podman never hangs us.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use podman_api::opts::{
+    ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter, ContainerListOpts,
+};
+use podman_api::Podman;
+use tokio::time::timeout;
+
+use super::spec::{INSTANCE_LABEL, WORKER_LABEL};
+
+/// Longest any single Podman API call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A handle on the Podman service.
+#[derive(Clone)]
+pub struct PodmanRuntime {
+    podman: Podman,
+}
+
+impl PodmanRuntime {
+    pub fn new(socket: &Path) -> Self {
+        Self {
+            podman: Podman::unix(socket),
+        }
+    }
+
+    /// The Podman server's version; also proves the socket answers.
+    pub async fn version(&self) -> Result<String> {
+        let version = bounded("asking Podman for its version", self.podman.version()).await?;
+        Ok(version.version.unwrap_or_else(|| "unknown".into()))
+    }
+
+    /// Creates and starts a container; returns its id and Podman's warnings.
+    pub async fn run(&self, opts: &ContainerCreateOpts) -> Result<(String, Vec<String>)> {
+        let created = bounded(
+            "creating a worker container",
+            self.podman.containers().create(opts),
+        )
+        .await?;
+        let container = self.podman.containers().get(&created.id);
+        if let Err(e) = bounded("starting a worker container", container.start(None)).await {
+            let _ = self.remove(&created.id).await;
+            return Err(e);
+        }
+        Ok((created.id, created.warnings))
+    }
+
+    /// Removes a container, killing it first; a missing container is not an error.
+    pub async fn remove(&self, id: &str) -> Result<()> {
+        let opts = ContainerDeleteOpts::builder()
+            .force(true)
+            .timeout(0)
+            .build();
+        match bounded(
+            "removing a worker container",
+            self.podman.containers().get(id).delete(&opts),
+        )
+        .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if format!("{e:#}").contains("no such container") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ids of all worker containers of `instance`, running or not.
+    pub async fn list_workers(&self, instance: &str) -> Result<Vec<String>> {
+        let opts = ContainerListOpts::builder()
+            .all(true)
+            // One label filter only: how Podman combines several differs by version.
+            .filter([ContainerListFilter::LabelKeyVal(
+                INSTANCE_LABEL.into(),
+                instance.into(),
+            )])
+            .build();
+        let list = bounded(
+            "listing worker containers",
+            self.podman.containers().list(&opts),
+        )
+        .await?;
+        Ok(list
+            .into_iter()
+            .filter(|c| {
+                c.labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(WORKER_LABEL))
+            })
+            .filter_map(|c| c.id)
+            .collect())
+    }
+}
+
+/// Runs a Podman call with a timeout and says what was being done on failure.
+async fn bounded<T>(
+    what: &str,
+    call: impl std::future::Future<Output = podman_api::Result<T>>,
+) -> Result<T> {
+    match timeout(CALL_TIMEOUT, call).await {
+        Ok(result) => result
+            .map_err(|e| anyhow!("{e}"))
+            .with_context(|| what.to_string()),
+        Err(_) => Err(anyhow!(
+            "{what}: Podman did not answer within {CALL_TIMEOUT:?}"
+        )),
+    }
+}

@@ -1,0 +1,354 @@
+//! The one harness every integration test uses: a real gateway on a free
+//! loopback port, driving real rootless Podman as the service user.
+//!
+//! `scripts/test.sh` prepares the host (service user, Podman socket, worker
+//! image) and exports where things are. When the tests run as root, the gateway
+//! runs as the service user through `setpriv`, exactly as in production. Each
+//! gateway has its own instance label, runtime and state directories; dropping
+//! the handle stops it by pid and removes whatever containers of its instance
+//! remain, even when the test failed.
+
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// Who runs the gateway and where its Podman is, as `scripts/test.sh` exports it.
+pub struct ServiceUser {
+    /// Set when the tests run as root: run the gateway as this user.
+    pub name: Option<String>,
+    pub home: String,
+    pub runtime_dir: String,
+}
+
+impl ServiceUser {
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let runtime_dir = var("CI_TEST_SVC_RUNTIME")
+            .or_else(|| var("XDG_RUNTIME_DIR"))
+            .expect(
+                "run the integration tests through scripts/test.sh (CI_TEST_SVC_RUNTIME unset)",
+            );
+        Self {
+            name: var("CI_TEST_SVC_USER"),
+            home: var("CI_TEST_SVC_HOME")
+                .or_else(|| var("HOME"))
+                .unwrap_or_else(|| "/".into()),
+            runtime_dir,
+        }
+    }
+
+    /// A command that runs `program` as the service user with a clean environment.
+    pub fn command(&self, program: &str) -> Command {
+        let mut command = match &self.name {
+            Some(user) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    "--reuid",
+                    user,
+                    "--regid",
+                    &primary_group(user),
+                    "--init-groups",
+                    "--",
+                ]);
+                c.arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        command
+            .env_clear()
+            .env("HOME", &self.home)
+            .env("XDG_RUNTIME_DIR", &self.runtime_dir)
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+            .env("LANG", "C.UTF-8")
+            .current_dir("/");
+        command
+    }
+
+    /// Runs the podman CLI as the service user (test set-up and clean-up only).
+    pub fn podman(&self, args: &[&str]) -> String {
+        let output = self
+            .command("podman")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running podman");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+fn primary_group(user: &str) -> String {
+    let output = Command::new("id")
+        .args(["-g", user])
+        .output()
+        .expect("running id");
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// Settings a test may change; the rest are the defaults of `config.toml`.
+pub struct Options {
+    pub min_idle: usize,
+    pub max_workers: usize,
+    pub timeout_secs: f64,
+    /// Extra TOML appended to the generated config.
+    pub extra: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            min_idle: 1,
+            max_workers: 4,
+            timeout_secs: 20.0,
+            extra: String::new(),
+        }
+    }
+}
+
+/// A running gateway owned by one test.
+pub struct Gateway {
+    child: Option<Child>,
+    pub url: String,
+    pub token: String,
+    pub instance: String,
+    pub svc: ServiceUser,
+    scratch: PathBuf,
+    runtime_dir: String,
+    http: reqwest::Client,
+}
+
+impl Gateway {
+    pub async fn start(options: Options) -> Self {
+        let svc = ServiceUser::from_env();
+        let tag = random_tag();
+        let instance = format!("test-{tag}");
+        let scratch = std::env::temp_dir().join(format!("ci-test-{tag}"));
+        fs::create_dir_all(&scratch).unwrap();
+        fs::set_permissions(&scratch, fs::Permissions::from_mode(0o755)).unwrap();
+        // The service user may not be able to read the checkout: copy the binary.
+        let binary = scratch.join("code-interpreter");
+        fs::copy(env!("CARGO_BIN_EXE_code-interpreter"), &binary).unwrap();
+        fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+        let port = free_port();
+        let runtime_dir = format!("{}/{instance}", svc.runtime_dir);
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n\
+             [paths]\nruntime_dir = \"{runtime_dir}\"\nstate_dir = \"{runtime_dir}-state\"\n\
+             [worker]\ninstance = \"{instance}\"\n\
+             [pool]\nmin_idle = {}\nmax_workers = {}\n\
+             [execution]\ntimeout_secs = {}\n{}",
+            options.min_idle, options.max_workers, options.timeout_secs, options.extra
+        );
+        let config_path = scratch.join("config.toml");
+        fs::write(&config_path, config).unwrap();
+        fs::set_permissions(&config_path, fs::Permissions::from_mode(0o644)).unwrap();
+        let token = format!("test-token-{}", random_tag());
+        let log = fs::File::create(scratch.join("gateway.log")).unwrap();
+        let child = svc
+            .command(binary.to_str().unwrap())
+            .args(["serve", "--config", config_path.to_str().unwrap()])
+            .env("CODE_INTERPRETER_TOKEN", &token)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting the gateway");
+        let gateway = Self {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            token,
+            instance,
+            svc,
+            scratch,
+            runtime_dir,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .unwrap(),
+        };
+        gateway.wait_healthy(Duration::from_secs(60)).await;
+        gateway
+    }
+
+    async fn wait_healthy(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(response) = self.http.get(format!("{}/health", self.url)).send().await {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("gateway did not become healthy; log:\n{}", self.log());
+    }
+
+    /// Waits until the warm pool holds `n` idle workers.
+    pub async fn wait_idle(&self, n: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let status = self.status().await;
+            if status["idle_workers_in_pool"].as_u64() >= Some(n) {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "pool did not reach {n} idle workers: {status}\nlog:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = fs::File::open(self.scratch.join("gateway.log")) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    pub async fn status(&self) -> Value {
+        let response = self
+            .http
+            .get(format!("{}/status", self.url))
+            .header("X-Auth-Token", &self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.json().await.unwrap()
+    }
+
+    /// POSTs JSON with the token; returns status and parsed body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .header("X-Auth-Token", &self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn execute(&self, user: &str, code: &str) -> (u16, Value) {
+        self.post("/execute", json!({"user_uuid": user, "code": code}))
+            .await
+    }
+
+    /// Executes and insists on a 200; returns the body.
+    pub async fn run(&self, user: &str, code: &str) -> Value {
+        let (status, body) = self.execute(user, code).await;
+        assert_eq!(
+            status,
+            200,
+            "executing {code:?}: {body}\nlog:\n{}",
+            self.log()
+        );
+        body
+    }
+
+    /// Raw request builder for tests of bad input.
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// Ids of this instance's containers, running or not.
+    pub fn containers(&self) -> Vec<String> {
+        self.svc
+            .podman(&[
+                "ps",
+                "-a",
+                "-q",
+                "--filter",
+                &format!("label=io.code-interpreter.instance={}", self.instance),
+            ])
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    }
+
+    /// Stops the gateway with SIGTERM (as systemd would) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- gateway log ({}) ----\n{}", self.instance, self.log());
+        }
+        self.stop();
+        for container in self.containers() {
+            self.svc.podman(&["rm", "-f", "-t", "0", &container]);
+        }
+        // The directories belong to the service user: remove them as that user.
+        let _ = self
+            .svc
+            .command("rm")
+            .args([
+                "-rf",
+                &self.runtime_dir,
+                &format!("{}-state", self.runtime_dir),
+            ])
+            .status();
+        let _ = fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// A free loopback port (bound, then released for the gateway).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn random_tag() -> String {
+    let mut bytes = [0u8; 6];
+    fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Checks that `b64` is a PNG with non-zero width and height.
+pub fn assert_png(b64: &str) {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .expect("valid base64");
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let width = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+    let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+    assert!(width > 0 && height > 0, "PNG of {width}x{height}");
+}

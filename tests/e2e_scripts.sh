@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# e2e_scripts.sh — the README's quick start, checked as a person would run it:
+# scripts/start.sh, the curl example (a = 100, then print(a) gives "100"),
+# scripts/token.sh, scripts/restart.sh, then scripts/stop.sh leaves no worker
+# container. Stops the service on failure too.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/lib.sh
+source "$REPO/scripts/lib.sh"
+
+passed=0
+failed=0
+check() { # check NAME COMMAND... — runs one check and counts it
+	local name=$1
+	shift
+	if "$@"; then
+		passed=$((passed + 1))
+		log "ok - $name"
+	else
+		failed=$((failed + 1))
+		log "FAILED - $name"
+	fi
+}
+
+execute() { # execute USER CODE — prints the response body
+	curl -sS --max-time 60 -X POST "$(gateway_url)/execute" \
+		-H "X-Auth-Token: $TOKEN" -H 'Content-Type: application/json' \
+		-d "$(printf '{"user_uuid": "%s", "code": "%s"}' "$1" "$2")"
+}
+
+result_text_is() { # result_text_is EXPECTED JSON
+	python3 -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[2])["result_text"] == sys.argv[1] else 1)' "$1" "$2"
+}
+
+worker_containers() {
+	svc_podman ps -a -q --filter "label=$WORKER_LABEL" | wc -l
+}
+
+cleanup() { "$REPO/scripts/stop.sh" >/dev/null 2>&1 || true; }
+trap cleanup EXIT
+
+main() {
+	"$REPO/scripts/start.sh"
+	svc_resolve
+	TOKEN=$("$REPO/scripts/token.sh")
+	check "token.sh prints a 64-hex token" grep -Eq '^[0-9a-f]{64}$' <<<"$TOKEN"
+
+	execute e2e-user 'a = 100' >/dev/null
+	check 'a = 100 then print(a) gives "100"' result_text_is $'100\n' "$(execute e2e-user 'print(a)')"
+
+	"$REPO/scripts/restart.sh"
+	check "the gateway answers after restart.sh" gateway_healthy
+	check "token.sh gives the same token after restart" test "$("$REPO/scripts/token.sh")" = "$TOKEN"
+
+	"$REPO/scripts/stop.sh"
+	check "stop.sh stops the gateway" bash -c "! curl -fsS --max-time 2 $(gateway_url)/health"
+	check "stop.sh leaves no worker container" test "$(worker_containers)" -eq 0
+	"$REPO/scripts/stop.sh"
+	check "stop.sh is idempotent" true
+
+	echo "e2e: $passed passed, $failed failed"
+	((failed == 0))
+}
+
+main "$@"
