@@ -16,6 +16,7 @@ mod server;
 mod sessions;
 mod worker;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -52,6 +53,7 @@ fn main() -> anyhow::Result<()> {
                     tracing_subscriber::EnvFilter::try_from_default_env()
                         .unwrap_or_else(|_| "info".into()),
                 )
+                .with_ansi(std::io::stderr().is_terminal())
                 .init();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
