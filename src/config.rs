@@ -3,7 +3,7 @@
 //! Every tunable of the gateway lives here so that the rest of the code receives
 //! validated values and never reads the environment itself.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +19,28 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub pool: PoolConfig,
     pub execution: ExecutionConfig,
+    pub limits: LimitsConfig,
+    pub network: NetworkConfig,
+    pub sessions: SessionsConfig,
+}
+
+/// When sessions end by themselves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// A session unused this long is released, seconds.
+    pub idle_timeout_secs: u64,
+    /// A session this old is released (after its running execution), seconds.
+    pub max_age_secs: u64,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_secs: 30 * 60,
+            max_age_secs: 24 * 60 * 60,
+        }
+    }
 }
 
 /// The HTTP side: where to listen, how to authenticate, what to accept.
@@ -55,18 +77,115 @@ pub struct WorkerConfig {
     pub image: String,
     /// Label value that marks this gateway's workers; lets several gateways share one Podman.
     pub instance: String,
-    /// Size of the writable `/tmp` tmpfs, MiB.
-    pub tmp_size_mb: u64,
-    /// Size of the writable home/work tmpfs, MiB.
-    pub home_size_mb: u64,
-    /// Open-file limit inside the worker (must not exceed the host's hard limit).
-    pub nofile: u64,
-    /// Process limit inside the worker (RLIMIT_NPROC).
-    pub nproc: u64,
-    /// Memory a worker is expected to use, MiB; sizes the automatic capacity.
-    pub memory_mb: u64,
     /// How long a new worker may take to answer its first kernel_info_request.
     pub start_timeout_secs: u64,
+}
+
+/// What one worker may use. cgroup limits apply where the host enforces them;
+/// rlimits and tmpfs sizes apply everywhere.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Memory (cgroup), MiB; also sizes the automatic capacity.
+    pub memory_mb: u64,
+    /// CPUs (cgroup quota).
+    pub cpus: f64,
+    /// Processes and threads (cgroup pids controller).
+    pub pids: u64,
+    /// Size of the writable home/work tmpfs, MiB; also the largest file (RLIMIT_FSIZE).
+    pub disk_mb: u64,
+    /// Size of the writable `/tmp` tmpfs, MiB.
+    pub tmp_mb: u64,
+    /// Address space of each process (RLIMIT_AS), MiB: the memory guard that
+    /// works without cgroups. An idle kernel with numpy and pandas uses ~350 MiB.
+    pub address_space_mb: u64,
+    /// Open files (RLIMIT_NOFILE; must not exceed the host's hard limit).
+    pub nofile: u64,
+    /// Processes of the sandbox uid (RLIMIT_NPROC). Rootless workers share one
+    /// uid, so this bounds all workers together; the per-worker bound is `pids`.
+    pub nproc: u64,
+}
+
+/// Whether and where workers may connect.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub mode: NetworkMode,
+    /// Destinations allowed in `allowlist` mode: "CIDR", "IP", "IP:PORT",
+    /// "[IPv6]:PORT" or "HOST:PORT" (HOST resolved by the gateway).
+    pub allow: Vec<String>,
+}
+
+/// `none`: loopback only. `allowlist`: an interface, and only `allow` reachable.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    None,
+    Allowlist,
+}
+
+/// One parsed `network.allow` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowEntry {
+    Net {
+        addr: IpAddr,
+        prefix: u8,
+        port: Option<u16>,
+    },
+    Host {
+        name: String,
+        port: u16,
+    },
+}
+
+impl AllowEntry {
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = || {
+            anyhow::anyhow!(
+                "network.allow entry {text:?} is not CIDR, IP, IP:PORT, [IPv6]:PORT or HOST:PORT"
+            )
+        };
+        if let Some((addr, prefix)) = text.split_once('/') {
+            let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            let prefix: u8 = prefix.parse().ok().filter(|p| *p <= max).ok_or_else(bad)?;
+            return Ok(Self::Net {
+                addr,
+                prefix,
+                port: None,
+            });
+        }
+        if let Ok(addr) = text.parse::<IpAddr>() {
+            return Ok(Self::Net {
+                addr,
+                prefix: if addr.is_ipv4() { 32 } else { 128 },
+                port: None,
+            });
+        }
+        if let Ok(socket) = text.parse::<SocketAddr>() {
+            let prefix = if socket.is_ipv4() { 32 } else { 128 };
+            return Ok(Self::Net {
+                addr: socket.ip(),
+                prefix,
+                port: Some(socket.port()),
+            });
+        }
+        let (name, port) = text.rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let name_ok = !name.is_empty()
+            && name.len() <= 253
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !name_ok {
+            return Err(bad());
+        }
+        Ok(Self::Host {
+            name: name.to_ascii_lowercase(),
+            port,
+        })
+    }
 }
 
 /// The warm pool and capacity.
@@ -107,12 +226,22 @@ impl Default for WorkerConfig {
         Self {
             image: "localhost/code-interpreter-worker:latest".into(),
             instance: "default".into(),
-            tmp_size_mb: 256,
-            home_size_mb: 512,
+            start_timeout_secs: 60,
+        }
+    }
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            memory_mb: 1024,
+            cpus: 1.0,
+            pids: 256,
+            disk_mb: 500,
+            tmp_mb: 100,
+            address_space_mb: 2048,
             nofile: 1024,
             nproc: 1024,
-            memory_mb: 1024,
-            start_timeout_secs: 60,
         }
     }
 }
@@ -196,6 +325,31 @@ impl Config {
         }
         if !(self.execution.timeout_secs > 0.0 && self.execution.timeout_secs <= 86_400.0) {
             bail!("execution.timeout_secs must be in (0, 86400]");
+        }
+        let limits = &self.limits;
+        if !(limits.cpus > 0.0 && limits.cpus <= 1024.0) {
+            bail!("limits.cpus must be in (0, 1024]");
+        }
+        if [
+            limits.memory_mb,
+            limits.pids,
+            limits.disk_mb,
+            limits.tmp_mb,
+            limits.nofile,
+            limits.nproc,
+        ]
+        .contains(&0)
+        {
+            bail!("limits.* must be positive");
+        }
+        if limits.address_space_mb < 512 {
+            bail!("limits.address_space_mb below 512 leaves no room for a Python kernel");
+        }
+        for entry in &self.network.allow {
+            AllowEntry::parse(entry)?;
+        }
+        if self.network.mode == NetworkMode::None && !self.network.allow.is_empty() {
+            bail!("network.allow is set but network.mode is \"none\"; set mode = \"allowlist\"");
         }
         if self.server.max_code_bytes == 0 || self.pool.create_parallelism == 0 {
             bail!("server.max_code_bytes and pool.create_parallelism must be positive");
@@ -281,6 +435,49 @@ mod tests {
             .apply_env(|name| (name == "CODE_INTERPRETER_LISTEN").then(|| "127.0.0.1:9001".into()))
             .unwrap();
         assert_eq!(config.server.listen.port(), 9001);
+    }
+
+    #[test]
+    fn allow_entries_parse() {
+        let net = |a: &str, prefix, port| AllowEntry::Net {
+            addr: a.parse().unwrap(),
+            prefix,
+            port,
+        };
+        assert_eq!(
+            AllowEntry::parse("10.0.0.0/8").unwrap(),
+            net("10.0.0.0", 8, None)
+        );
+        assert_eq!(
+            AllowEntry::parse("10.0.2.2").unwrap(),
+            net("10.0.2.2", 32, None)
+        );
+        assert_eq!(
+            AllowEntry::parse("10.0.2.2:8080").unwrap(),
+            net("10.0.2.2", 32, Some(8080))
+        );
+        assert_eq!(
+            AllowEntry::parse("[::1]:80").unwrap(),
+            net("::1", 128, Some(80))
+        );
+        assert_eq!(
+            AllowEntry::parse("Deb.Debian.org:80").unwrap(),
+            AllowEntry::Host {
+                name: "deb.debian.org".into(),
+                port: 80
+            }
+        );
+        for bad in [
+            "",
+            "10.0.0.0/33",
+            "host",
+            "host:",
+            "ho st:80",
+            "a:b:c",
+            "10.0.0.1:99999",
+        ] {
+            assert!(AllowEntry::parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -1,38 +1,63 @@
-//! What this host can enforce and hold: cgroup version, delegated controllers,
-//! memory, and from that the default capacity.
+//! What this host can hold and what its Podman can enforce.
 //!
-//! Detected at start, reported in `/status` and the startup log, so an operator
-//! sees whether container limits are really enforced here.
-
-use std::fs;
+//! Memory and CPUs come from `sysinfo`; cgroup support comes from Podman's own
+//! report (cgroup version, controllers it may use, rootless or not), which is
+//! right also when the gateway itself runs in a container. Reported in
+//! `/status` and the startup log, so an operator sees which limits are real.
 
 use serde::Serialize;
 
 /// Facts about the host, detected once at start.
 #[derive(Clone, Debug, Serialize)]
 pub struct HostInfo {
-    /// 1 (legacy or hybrid) or 2 (unified).
-    pub cgroup_version: u8,
-    /// Controllers delegated to this user (cgroup v2 only).
-    pub delegated_controllers: Vec<String>,
-    /// Whether Podman can enforce memory and pids limits on rootless containers.
-    pub cgroup_limits_enforced: bool,
     pub total_memory_bytes: u64,
     pub cpus: usize,
+    pub cgroups: CgroupSupport,
+}
+
+/// Which cgroup limits Podman can apply to our workers.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct CgroupSupport {
+    /// "v1" or "v2" as Podman reports it; "unknown" when Podman did not answer.
+    pub version: String,
+    pub rootless: bool,
+    /// Controllers Podman may use (for rootless cgroup v2: those delegated to the user).
+    pub controllers: Vec<String>,
+    pub memory: bool,
+    pub pids: bool,
+    pub cpu: bool,
+}
+
+impl CgroupSupport {
+    /// Rootful Podman controls every controller; rootless Podman only on
+    /// cgroup v2 with the controller delegated (v1 rootless: none at all).
+    pub fn new(version: &str, rootless: bool, controllers: Vec<String>) -> Self {
+        let usable = |name: &str| {
+            let listed = controllers.iter().any(|c| c == name);
+            match (version, rootless) {
+                ("v2", _) => listed,
+                ("v1", false) => true,
+                _ => false,
+            }
+        };
+        Self {
+            memory: usable("memory"),
+            pids: usable("pids"),
+            cpu: usable("cpu"),
+            version: version.to_string(),
+            rootless,
+            controllers,
+        }
+    }
+
+    /// True when memory and pids limits are both enforced.
+    pub fn enforced(&self) -> bool {
+        self.memory && self.pids
+    }
 }
 
 impl HostInfo {
-    pub fn detect() -> Self {
-        let unified = fs::metadata("/sys/fs/cgroup/cgroup.controllers").is_ok();
-        let delegated = if unified {
-            delegated_controllers()
-        } else {
-            Vec::new()
-        };
-        let enforced = unified
-            && ["memory", "pids"]
-                .iter()
-                .all(|c| delegated.iter().any(|d| d == c));
+    pub fn detect(cgroups: CgroupSupport) -> Self {
         let total_memory_bytes = sysinfo::System::new()
             .map(|mut system| {
                 system.refresh_memory();
@@ -40,13 +65,11 @@ impl HostInfo {
             })
             .unwrap_or(0);
         Self {
-            cgroup_version: if unified { 2 } else { 1 },
-            delegated_controllers: delegated,
-            cgroup_limits_enforced: enforced,
             total_memory_bytes,
             cpus: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            cgroups,
         }
     }
 
@@ -59,21 +82,6 @@ impl HostInfo {
     }
 }
 
-/// Controllers available in this process's own cgroup (what systemd delegated).
-fn delegated_controllers() -> Vec<String> {
-    let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-    let path = own
-        .lines()
-        .find_map(|line| line.strip_prefix("0::"))
-        .unwrap_or("/")
-        .trim();
-    fs::read_to_string(format!("/sys/fs/cgroup{path}/cgroup.controllers"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .map(String::from)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,13 +89,22 @@ mod tests {
     #[test]
     fn capacity_follows_memory() {
         let host = HostInfo {
-            cgroup_version: 2,
-            delegated_controllers: vec![],
-            cgroup_limits_enforced: false,
             total_memory_bytes: 24 * 1024 * 1024 * 1024,
             cpus: 2,
+            cgroups: CgroupSupport::default(),
         };
         assert_eq!(host.capacity(1024), 23);
         assert_eq!(host.capacity(100_000), 1);
+    }
+
+    #[test]
+    fn enforcement_depends_on_version_rootlessness_and_delegation() {
+        let all = || vec!["cpu".to_string(), "memory".into(), "pids".into()];
+        assert!(!CgroupSupport::new("v1", true, vec![]).enforced());
+        assert!(CgroupSupport::new("v1", false, vec![]).enforced());
+        assert!(CgroupSupport::new("v2", true, all()).enforced());
+        let partial = CgroupSupport::new("v2", true, vec!["memory".into()]);
+        assert!(partial.memory && !partial.pids && !partial.enforced());
+        assert!(!CgroupSupport::new("unknown", false, all()).enforced());
     }
 }

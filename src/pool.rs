@@ -91,8 +91,15 @@ impl Pool {
             let ready = self.ready.notified();
             tokio::pin!(ready);
             ready.as_mut().enable();
-            if let Some(worker) = self.idle.lock().unwrap().pop_front() {
+            let next = self.idle.lock().unwrap().pop_front();
+            if let Some(worker) = next {
                 self.refill.notify_one();
+                if worker.kernel.is_dead() {
+                    tracing::warn!(worker = worker.id, "idle worker died; destroying it");
+                    Metrics::bump(&self.metrics.kernel_failures);
+                    self.destroy(worker.into_remains());
+                    continue;
+                }
                 return Ok(worker);
             }
             if self.reserve_slot() {
@@ -148,12 +155,14 @@ impl Pool {
                 }));
             }
             if started.is_empty() {
-                // Filled (or full): start-up is over; sleep until a worker is taken or destroyed.
+                // Filled (or full): start-up is over; sleep until a worker is
+                // taken or destroyed, looking for dead idle workers each second.
                 self.initializing.store(false, Ordering::SeqCst);
                 tokio::select! {
                     _ = self.refill.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
+                self.remove_dead_idle();
                 continue;
             }
             for handle in started {
@@ -173,6 +182,22 @@ impl Pool {
                     Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30));
                 tokio::time::sleep(delay).await;
             }
+        }
+    }
+
+    /// Destroys idle workers whose kernel died (they are replaced by the refill).
+    fn remove_dead_idle(self: &Arc<Self>) {
+        let dead: Vec<Worker> = {
+            let mut idle = self.idle.lock().unwrap();
+            let (dead, alive): (Vec<Worker>, Vec<Worker>) =
+                idle.drain(..).partition(|w| w.kernel.is_dead());
+            idle.extend(alive);
+            dead
+        };
+        for worker in dead {
+            tracing::warn!(worker = worker.id, "idle worker died; destroying it");
+            Metrics::bump(&self.metrics.kernel_failures);
+            self.destroy(worker.into_remains());
         }
     }
 

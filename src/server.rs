@@ -13,10 +13,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::api::{self, AppState};
 use crate::auth::Token;
 use crate::config::Config;
-use crate::host::HostInfo;
+use crate::host::{CgroupSupport, HostInfo};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::sessions::Sessions;
+use crate::sessions::{Expiry, Sessions};
 use crate::worker::podman::PodmanRuntime;
 use crate::worker::WorkerFactory;
 
@@ -26,16 +26,15 @@ const PODMAN_WAIT: Duration = Duration::from_secs(30);
 pub async fn run(config: Config) -> Result<()> {
     let config = Arc::new(config);
     let token = Token::load_or_create(&config)?;
-    let host = HostInfo::detect();
-    let host_capacity = host.capacity(config.worker.memory_mb);
+    let podman = PodmanRuntime::new(&config.podman_socket());
+    let (podman_version, cgroups) = wait_for_podman(&podman, &config).await;
+    let host = HostInfo::detect(cgroups.clone());
+    let host_capacity = host.capacity(config.limits.memory_mb);
     let max_workers = match config.pool.max_workers {
         0 => host_capacity,
         configured => configured.min(host_capacity),
     };
-
-    let podman = PodmanRuntime::new(&config.podman_socket());
-    let podman_version = wait_for_podman(&podman, &config).await;
-    let factory = Arc::new(WorkerFactory::new(podman, Arc::clone(&config))?);
+    let factory = Arc::new(WorkerFactory::new(podman, Arc::clone(&config), cgroups)?);
     match factory.remove_leftovers().await {
         Ok(0) => {}
         Ok(n) => tracing::info!("removed {n} worker(s) left by an earlier run"),
@@ -56,21 +55,13 @@ pub async fn run(config: Config) -> Result<()> {
         Arc::clone(&metrics),
         config.server.max_queue_per_user,
         config.execution.max_output_bytes,
-    ));
-    tracing::info!(
-        cgroup_version = host.cgroup_version,
-        cgroup_limits_enforced = host.cgroup_limits_enforced,
-        max_workers,
-        min_idle = config.pool.min_idle,
-        "host: {} MiB memory, {} cpus; container cgroup limits are {}",
-        host.total_memory_bytes / (1024 * 1024),
-        host.cpus,
-        if host.cgroup_limits_enforced {
-            "enforced"
-        } else {
-            "NOT enforced on this host"
+        Expiry {
+            idle_timeout: Duration::from_secs(config.sessions.idle_timeout_secs),
+            max_age: Duration::from_secs(config.sessions.max_age_secs),
         },
-    );
+    ));
+    tokio::spawn(Arc::clone(&sessions).run_reaper());
+    log_limits(&config, &host, max_workers);
 
     let state = Arc::new(AppState {
         config: Arc::clone(&config),
@@ -103,26 +94,66 @@ pub async fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// The Podman version once the socket answers; "unavailable" after `PODMAN_WAIT`
-/// (the gateway still serves, and `/status` shows why workers fail).
-async fn wait_for_podman(podman: &PodmanRuntime, config: &Config) -> String {
+/// Podman's version and cgroup support once the socket answers; "unavailable"
+/// after `PODMAN_WAIT` (the gateway still serves, and `/status` shows why
+/// workers fail).
+async fn wait_for_podman(podman: &PodmanRuntime, config: &Config) -> (String, CgroupSupport) {
     let deadline = Instant::now() + PODMAN_WAIT;
     loop {
-        match podman.version().await {
-            Ok(version) => {
+        match podman.info().await {
+            Ok((version, cgroups)) => {
                 tracing::info!("podman {version} at {}", config.podman_socket().display());
-                return version;
+                return (version, cgroups);
             }
             Err(e) if Instant::now() >= deadline => {
                 tracing::error!(
                     "podman at {} is not answering: {e:#}",
                     config.podman_socket().display()
                 );
-                return "unavailable".into();
+                return (
+                    "unavailable".into(),
+                    CgroupSupport::new("unknown", true, Vec::new()),
+                );
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
+}
+
+/// Says at start-up which limit is enforced by what on this host.
+fn log_limits(config: &Config, host: &HostInfo, max_workers: usize) {
+    let limits = &config.limits;
+    let by = |enforced: bool| {
+        if enforced {
+            "cgroup"
+        } else {
+            "NOT ENFORCED (no cgroup controller)"
+        }
+    };
+    tracing::info!(
+        "host: {} MiB memory, {} cpus, cgroup {} ({}); capacity {max_workers} workers, {} kept warm",
+        host.total_memory_bytes / (1024 * 1024),
+        host.cpus,
+        host.cgroups.version,
+        if host.cgroups.rootless { "rootless" } else { "rootful" },
+        config.pool.min_idle,
+    );
+    tracing::info!(
+        "per-worker limits: memory {} MiB: {}; pids {}: {}; cpus {}: {}; \
+         address space {} MiB: rlimit; file size and home {} MiB, /tmp {} MiB: rlimit + tmpfs; \
+         processes of the sandbox uid {}: rlimit; open files {}: rlimit",
+        limits.memory_mb,
+        by(host.cgroups.memory),
+        limits.pids,
+        by(host.cgroups.pids),
+        limits.cpus,
+        by(host.cgroups.cpu),
+        limits.address_space_mb,
+        limits.disk_mb,
+        limits.tmp_mb,
+        limits.nproc,
+        limits.nofile,
+    );
 }
 
 async fn shutdown_signal() {

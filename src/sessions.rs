@@ -44,6 +44,15 @@ struct Session {
     worker: tokio::sync::Mutex<Option<Worker>>,
     /// Requests of this user running or waiting.
     pending: AtomicUsize,
+    created: Instant,
+    /// When the last request of this user finished (or the session began).
+    last_used: Mutex<Instant>,
+}
+
+/// When sessions end by themselves.
+pub struct Expiry {
+    pub idle_timeout: Duration,
+    pub max_age: Duration,
 }
 
 /// All sessions, keyed by `user_uuid` (only ever a map key, never a name or path).
@@ -53,6 +62,7 @@ pub struct Sessions {
     metrics: Arc<Metrics>,
     max_queue: usize,
     max_output_bytes: usize,
+    expiry: Expiry,
     /// Executions running right now.
     busy: AtomicUsize,
 }
@@ -69,6 +79,7 @@ impl Sessions {
         metrics: Arc<Metrics>,
         max_queue: usize,
         max_output_bytes: usize,
+        expiry: Expiry,
     ) -> Self {
         Self {
             table: Mutex::new(HashMap::new()),
@@ -76,6 +87,7 @@ impl Sessions {
             metrics,
             max_queue,
             max_output_bytes,
+            expiry,
             busy: AtomicUsize::new(0),
         }
     }
@@ -94,6 +106,16 @@ impl Sessions {
             return Err(SessionError::QueueFull(self.max_queue));
         }
         let mut slot = session.worker.lock().await;
+        let _touch = Touch(&session.last_used);
+        if slot.as_ref().is_some_and(|w| w.kernel.is_dead()) {
+            let worker = slot.take().expect("checked above");
+            tracing::warn!(
+                worker = worker.id,
+                "session's kernel died while idle; starting afresh"
+            );
+            Metrics::bump(&self.metrics.kernel_failures);
+            self.pool.destroy(worker.into_remains());
+        }
         let session_created = slot.is_none();
         if session_created {
             let worker = self.pool.take().await.map_err(|e| match e {
@@ -160,6 +182,45 @@ impl Sessions {
         true
     }
 
+    /// Every second: destroys workers that died while their session was idle,
+    /// and releases sessions idle or old past their limits. Spawn once.
+    pub async fn run_reaper(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let sessions: Vec<(String, Arc<Session>)> = self
+                .table
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(user, session)| (user.clone(), Arc::clone(session)))
+                .collect();
+            for (user, session) in sessions {
+                let idle_for = session.last_used.lock().unwrap().elapsed();
+                let expired = idle_for >= self.expiry.idle_timeout
+                    && session.pending.load(Ordering::SeqCst) == 0
+                    || session.created.elapsed() >= self.expiry.max_age;
+                if expired {
+                    tracing::info!("session expired (idle {} s)", idle_for.as_secs());
+                    Metrics::bump(&self.metrics.sessions_expired);
+                    self.release(&user);
+                    continue;
+                }
+                // A locked slot has a request in flight, which notices a death itself.
+                if let Ok(mut slot) = session.worker.try_lock() {
+                    if slot.as_ref().is_some_and(|w| w.kernel.is_dead()) {
+                        let worker = slot.take().expect("checked above");
+                        tracing::warn!(
+                            worker = worker.id,
+                            "session's kernel died while idle; destroying it"
+                        );
+                        Metrics::bump(&self.metrics.kernel_failures);
+                        self.pool.destroy(worker.into_remains());
+                    }
+                }
+            }
+        }
+    }
+
     pub fn counts(&self) -> SessionCounts {
         SessionCounts {
             sessions: self.table.lock().unwrap().len(),
@@ -173,8 +234,19 @@ impl Sessions {
             Arc::new(Session {
                 worker: tokio::sync::Mutex::new(None),
                 pending: AtomicUsize::new(0),
+                created: Instant::now(),
+                last_used: Mutex::new(Instant::now()),
             })
         }))
+    }
+}
+
+/// Marks the session used when the request ends (also when cancelled).
+struct Touch<'a>(&'a Mutex<Instant>);
+
+impl Drop for Touch<'_> {
+    fn drop(&mut self) {
+        *self.0.lock().unwrap() = Instant::now();
     }
 }
 

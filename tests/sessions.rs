@@ -193,7 +193,7 @@ async fn the_warm_pool_serves_new_users_and_status_counts() {
         .next()
         .unwrap()
         .is_ascii_digit());
-    assert!(status["host"]["cgroup_limits_enforced"].is_boolean());
+    assert!(status["limits"]["cgroup_limits_enforced"].is_boolean());
 
     // A user arriving at a warm pool gets a ready kernel: the call is quick.
     let started = Instant::now();

@@ -8,6 +8,23 @@ use warp::Reply;
 
 use super::AppState;
 
+/// Which mechanism enforces each per-worker limit on this host.
+fn enforced_by(state: &AppState) -> serde_json::Value {
+    let limits = &state.config.limits;
+    let cgroups = &state.host.cgroups;
+    let by = |enforced: bool| if enforced { "cgroup" } else { "not enforced" };
+    json!({
+        "memory": {"value_mb": limits.memory_mb, "by": by(cgroups.memory)},
+        "pids": {"value": limits.pids, "by": by(cgroups.pids)},
+        "cpus": {"value": limits.cpus, "by": by(cgroups.cpu)},
+        "address_space": {"value_mb": limits.address_space_mb, "by": "rlimit"},
+        "disk": {"value_mb": limits.disk_mb, "by": "tmpfs size + rlimit (file size)"},
+        "tmp": {"value_mb": limits.tmp_mb, "by": "tmpfs size"},
+        "processes_of_sandbox_uid": {"value": limits.nproc, "by": "rlimit"},
+        "open_files": {"value": limits.nofile, "by": "rlimit"},
+    })
+}
+
 pub fn handle(state: Arc<AppState>) -> Response {
     let pool = state.pool.snapshot();
     let sessions = state.sessions.counts();
@@ -34,7 +51,9 @@ pub fn handle(state: Arc<AppState>) -> Response {
         },
         "host": state.host,
         "limits": {
-            "cgroup_limits_enforced": state.host.cgroup_limits_enforced,
+            "cgroup_limits_enforced": state.host.cgroups.enforced(),
+            "enforced_by": enforced_by(&state),
+            "network": state.config.network.mode,
             "execution_timeout_secs": state.config.execution.timeout_secs,
             "max_code_bytes": state.config.server.max_code_bytes,
             "max_output_bytes": state.config.execution.max_output_bytes,

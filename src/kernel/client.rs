@@ -4,14 +4,17 @@
 //! messages on the shell and IOPub channels belong to at most one request in
 //! flight; anything with another parent id is stale and skipped.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
 use serde_json::json;
+use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket};
 
 use super::connection::{ConnectionInfo, IOPUB, SHELL};
+use super::heartbeat::{self, Liveness};
 use super::outputs::Execution;
 use super::wire::{Codec, Message};
 
@@ -29,25 +32,21 @@ pub struct KernelClient {
     codec: Codec,
     shell: DealerSocket,
     iopub: SubSocket,
+    liveness: Arc<Liveness>,
+    watcher: JoinHandle<()>,
+}
+
+impl Drop for KernelClient {
+    fn drop(&mut self) {
+        self.watcher.abort();
+    }
 }
 
 impl KernelClient {
-    /// Waits for the kernel's sockets, connects and completes a kernel_info
+    /// Connects to the kernel's sockets (which must exist) and completes a kernel_info
     /// handshake that also proves IOPub delivers, all within `within`.
     pub async fn connect(info: &ConnectionInfo, within: Duration) -> Result<Self> {
         let deadline = Instant::now() + within;
-        for port in [SHELL, IOPUB] {
-            let path = info.socket_path(port);
-            while !path.exists() {
-                if Instant::now() >= deadline {
-                    return Err(anyhow!(
-                        "kernel socket {} did not appear in {within:?}",
-                        path.display()
-                    ));
-                }
-                sleep(Duration::from_millis(10)).await;
-            }
-        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let connected = timeout(remaining, async {
             let mut shell = DealerSocket::new();
@@ -61,10 +60,14 @@ impl KernelClient {
                 .await
                 .context("connecting iopub")?;
             iopub.subscribe("").await.context("subscribing to iopub")?;
+            let liveness = Arc::new(Liveness::default());
+            let watcher = heartbeat::watch(info, Arc::clone(&liveness)).await?;
             anyhow::Ok(Self {
                 codec: Codec::new(&info.key),
                 shell,
                 iopub,
+                liveness,
+                watcher,
             })
         })
         .await
@@ -119,10 +122,22 @@ impl KernelClient {
         deadline: Instant,
         max_output_bytes: usize,
     ) -> Result<Execution, ExecuteError> {
-        match tokio::time::timeout_at(deadline, self.run(code, max_output_bytes)).await {
+        let liveness = Arc::clone(&self.liveness);
+        let run = async {
+            tokio::select! {
+                result = self.run(code, max_output_bytes) => result,
+                reason = liveness.dead() => Err(anyhow!(reason)),
+            }
+        };
+        match tokio::time::timeout_at(deadline, run).await {
             Ok(result) => result.map_err(ExecuteError::Kernel),
             Err(_) => Err(ExecuteError::Timeout),
         }
+    }
+
+    /// True once the heartbeat watcher has declared the kernel dead.
+    pub fn is_dead(&self) -> bool {
+        self.liveness.is_dead()
     }
 
     async fn run(&mut self, code: &str, max_output_bytes: usize) -> Result<Execution> {

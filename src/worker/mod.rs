@@ -4,6 +4,8 @@
 //! their directories. A worker is cattle: any failure while it is being made
 //! or used ends in `destroy`, never in a repair.
 
+pub mod firewall;
+pub mod network;
 pub mod podman;
 pub mod spec;
 
@@ -16,7 +18,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::config::Config;
+use crate::config::{AllowEntry, Config, NetworkMode};
+use crate::host::CgroupSupport;
 use crate::kernel::{ConnectionInfo, KernelClient};
 use crate::random;
 use podman::PodmanRuntime;
@@ -43,12 +46,16 @@ pub struct Remains {
 pub struct WorkerFactory {
     podman: PodmanRuntime,
     config: Arc<Config>,
+    /// What cgroup limits Podman can apply here.
+    cgroups: CgroupSupport,
+    /// Parsed `network.allow` (empty unless in allowlist mode).
+    allow: Vec<AllowEntry>,
     workers_dir: PathBuf,
 }
 
 impl WorkerFactory {
     /// Prepares the runtime directory (0700) that holds every worker directory.
-    pub fn new(podman: PodmanRuntime, config: Arc<Config>) -> Result<Self> {
+    pub fn new(podman: PodmanRuntime, config: Arc<Config>, cgroups: CgroupSupport) -> Result<Self> {
         let runtime_dir = config.runtime_dir();
         let workers_dir = runtime_dir.join("workers");
         for dir in [&runtime_dir, &workers_dir] {
@@ -60,9 +67,20 @@ impl WorkerFactory {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("restricting {} to its owner", dir.display()))?;
         }
+        let allow = match config.network.mode {
+            NetworkMode::None => Vec::new(),
+            NetworkMode::Allowlist => config
+                .network
+                .allow
+                .iter()
+                .map(|entry| AllowEntry::parse(entry))
+                .collect::<Result<_>>()?,
+        };
         Ok(Self {
             podman,
             config,
+            cgroups,
+            allow,
             workers_dir,
         })
     }
@@ -91,18 +109,33 @@ impl WorkerFactory {
             host_dir: dir.to_path_buf(),
             kernel_dir: spec::KERNEL_DIR.into(),
         };
-        write_worker_dir(&info)?;
+        let reachable = network::resolve(&self.allow).await?;
+        write_worker_dir(&info, &firewall::ruleset_json(&reachable.allowed))?;
         let name = format!("code-interpreter-{}-{id}", self.config.worker.instance);
-        let opts = spec::container_opts(&self.config.worker, &name, dir);
+        let site = spec::WorkerSite {
+            name: &name,
+            host_dir: dir,
+            hosts: &reachable.hosts,
+            needs_host_loopback: reachable
+                .allowed
+                .iter()
+                .any(|a| spec::is_host_loopback(a.addr, a.prefix)),
+        };
+        let opts = spec::container_opts(&self.config, &self.cgroups, &site);
         let (container, warnings) = self.podman.run(&opts).await?;
         remains.container = Some(container.clone());
         for warning in warnings {
             tracing::debug!(worker = id, "podman: {warning}");
         }
         let within = Duration::from_secs(self.config.worker.start_timeout_secs);
-        let kernel = KernelClient::connect(&info, within)
+        let started = tokio::time::Instant::now();
+        wait_for_sockets(&info, within)
             .await
-            .with_context(|| format!("waiting for the kernel of worker {id}"))?;
+            .with_context(|| format!("starting the kernel of worker {id}"))?;
+        let kernel = KernelClient::connect(&info, within.saturating_sub(started.elapsed()))
+            .await
+            .with_context(|| format!("connecting to the kernel of worker {id}"))?;
+        seal_worker_dir(dir)?;
         Ok(Worker {
             id: id.to_string(),
             container,
@@ -177,12 +210,17 @@ async fn remove_worker_dir(dir: &Path) {
     }
 }
 
-/// Creates the worker directory and the kernel's connection file.
+/// The kernel's connection file, inside the worker directory.
+const CONNECTION_FILE: &str = "connection.json";
+/// File the entrypoint writes when it refuses to start the kernel.
+const STARTUP_ERROR_FILE: &str = "startup-error";
+
+/// Creates the worker directory, the kernel's connection file and the firewall ruleset.
 ///
 /// The kernel runs as another uid (a subordinate id of ours), so the directory
-/// is world-writable and the file world-readable; both sit inside our 0700
+/// is world-writable and the files world-readable; all sit inside our 0700
 /// runtime directory, which no other host user can traverse.
-fn write_worker_dir(info: &ConnectionInfo) -> Result<()> {
+fn write_worker_dir(info: &ConnectionInfo, ruleset: &str) -> Result<()> {
     let dir = &info.host_dir;
     fs::DirBuilder::new()
         .mode(0o777)
@@ -190,16 +228,59 @@ fn write_worker_dir(info: &ConnectionInfo) -> Result<()> {
         .with_context(|| format!("creating worker directory {}", dir.display()))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o777))
         .with_context(|| format!("opening {} to the worker's uid", dir.display()))?;
-    let path = dir.join("connection.json");
+    // The kernel (sandbox uid) rewrites its connection file; the ruleset is
+    // read by container root, which is our own uid on the host.
+    write_file(
+        &dir.join(CONNECTION_FILE),
+        &info.kernel_file().to_string(),
+        0o666,
+    )?;
+    write_file(&dir.join("ruleset.json"), ruleset, 0o644)
+}
+
+fn write_file(path: &Path, content: &str, mode: u32) -> Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o666)
-        .open(&path)
+        .mode(mode)
+        .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(info.kernel_file().to_string().as_bytes())
+    file.write_all(content.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o666))
-        .with_context(|| format!("making {} readable by the kernel", path.display()))?;
-    Ok(())
+    // The umask may have cleared bits at creation.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+/// Once the kernel listens, the worker may no longer write to its directory:
+/// it lives on the host's runtime tmpfs, outside the worker's size limits. The
+/// connection file (which the kernel owns and could grow) goes; we keep the key.
+fn seal_worker_dir(dir: &Path) -> Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("sealing worker directory {}", dir.display()))?;
+    fs::remove_file(dir.join(CONNECTION_FILE))
+        .with_context(|| format!("removing the connection file in {}", dir.display()))
+}
+
+/// Waits until the kernel has created its sockets, or the entrypoint reported
+/// why it would not start one (the firewall did not load, say): fail fast.
+async fn wait_for_sockets(info: &ConnectionInfo, within: Duration) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    let error_file = info.host_dir.join(STARTUP_ERROR_FILE);
+    let sockets = [
+        info.socket_path(crate::kernel::connection::SHELL),
+        info.socket_path(crate::kernel::connection::IOPUB),
+    ];
+    loop {
+        if let Ok(reason) = fs::read_to_string(&error_file) {
+            anyhow::bail!("the worker refused to start: {}", reason.trim());
+        }
+        if sockets.iter().all(|p| p.exists()) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("the kernel's sockets did not appear within {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -16,6 +16,7 @@ use podman_api::Podman;
 use tokio::time::timeout;
 
 use super::spec::{INSTANCE_LABEL, WORKER_LABEL};
+use crate::host::CgroupSupport;
 
 /// Longest any single Podman API call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
@@ -33,10 +34,24 @@ impl PodmanRuntime {
         }
     }
 
-    /// The Podman server's version; also proves the socket answers.
-    pub async fn version(&self) -> Result<String> {
-        let version = bounded("asking Podman for its version", self.podman.version()).await?;
-        Ok(version.version.unwrap_or_else(|| "unknown".into()))
+    /// The Podman server's version and what cgroup limits it can apply;
+    /// also proves the socket answers.
+    pub async fn info(&self) -> Result<(String, CgroupSupport)> {
+        let info = bounded("asking Podman for its info", self.podman.info()).await?;
+        let version = info
+            .version
+            .and_then(|v| v.version)
+            .unwrap_or_else(|| "unknown".into());
+        let host = info
+            .host
+            .ok_or_else(|| anyhow!("Podman's info has no host section"))?;
+        let rootless = host.security.and_then(|s| s.rootless).unwrap_or(true);
+        let cgroups = CgroupSupport::new(
+            host.cgroup_version.as_deref().unwrap_or("unknown"),
+            rootless,
+            host.cgroup_controllers.unwrap_or_default(),
+        );
+        Ok((version, cgroups))
     }
 
     /// Creates and starts a container; returns its id and Podman's warnings.

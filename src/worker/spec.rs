@@ -1,64 +1,154 @@
 //! The container spec of a worker, built from config alone (pure, unit-tested).
 //!
-//! Everything that makes a worker locked down at the container level is here
-//! in one place: no network, a non-root user, no capabilities, a read-only
-//! root with small tmpfs mounts, an init process, and rlimits.
+//! The container starts as root with only the capabilities its entrypoint
+//! needs to load the firewall and drop privileges (NET_ADMIN, SETUID, SETGID,
+//! SETPCAP); the kernel itself then runs as uid 1000 with every capability set
+//! empty and NoNewPrivs (see containerfiles/worker/worker-entrypoint). Around
+//! it: a read-only root with small tmpfs mounts, an init process, rlimits, cgroup
+//! limits where Podman can enforce them, and no network unless allowlisted.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 
-use podman_api::models::{ContainerMount, Namespace, PosixRlimit};
+use podman_api::models::{ContainerMount, LinuxResources, Namespace, PosixRlimit};
 use podman_api::opts::ContainerCreateOpts;
+use serde_json::json;
 
-use crate::config::WorkerConfig;
+use crate::config::{Config, LimitsConfig, NetworkMode};
+use crate::host::CgroupSupport;
 
 /// Label that marks a container as a code-interpreter worker.
 pub const WORKER_LABEL: &str = "io.code-interpreter.worker";
 /// Label naming the gateway instance that owns the worker.
 pub const INSTANCE_LABEL: &str = "io.code-interpreter.instance";
-/// Where the worker directory (connection file, kernel sockets) appears inside.
+/// Where the worker directory (connection file, ruleset, kernel sockets) appears inside.
 pub const KERNEL_DIR: &str = "/run/kernel";
 /// The sandbox user's home and working directory.
 pub const HOME_DIR: &str = "/home/sandbox";
-/// uid:gid of the `sandbox` user baked into the worker image.
-pub const SANDBOX_USER: &str = "1000:1000";
+/// What the entrypoint needs before it drops everything.
+const ENTRYPOINT_CAPS: [&str; 4] = ["NET_ADMIN", "SETUID", "SETGID", "SETPCAP"];
+/// slirp4netns's address for the host's loopback (only with allow_host_loopback).
+const SLIRP_HOST_LOOPBACK: &str = "10.0.2.2";
 
-/// Create options for the worker container `name` with its directory `host_dir`.
-pub fn container_opts(config: &WorkerConfig, name: &str, host_dir: &Path) -> ContainerCreateOpts {
+/// Per-worker inputs that are not in the config.
+pub struct WorkerSite<'a> {
+    pub name: &'a str,
+    pub host_dir: &'a Path,
+    /// `/etc/hosts` entries for allowlisted host names, resolved by the gateway.
+    pub hosts: &'a [(String, IpAddr)],
+    /// Whether an allowlisted destination is the host's loopback (via slirp4netns).
+    pub needs_host_loopback: bool,
+}
+
+/// Create options for one worker container.
+pub fn container_opts(
+    config: &Config,
+    cgroups: &CgroupSupport,
+    site: &WorkerSite,
+) -> ContainerCreateOpts {
+    let limits = &config.limits;
     let labels = HashMap::from([
         (WORKER_LABEL.to_string(), "1".to_string()),
-        (INSTANCE_LABEL.to_string(), config.instance.clone()),
+        (INSTANCE_LABEL.to_string(), config.worker.instance.clone()),
     ]);
     let mounts = vec![
-        bind(host_dir, KERNEL_DIR),
-        tmpfs("/tmp", config.tmp_size_mb),
-        tmpfs(HOME_DIR, config.home_size_mb),
+        bind(site.host_dir, KERNEL_DIR),
+        tmpfs("/tmp", limits.tmp_mb),
+        tmpfs(HOME_DIR, limits.disk_mb),
     ];
     // Podman's REST API does not apply containers.conf default_ulimits, and the
     // host's hard limits may be lower than Podman's defaults: always set both.
     let rlimits = vec![
-        rlimit("nofile", config.nofile),
-        rlimit("nproc", config.nproc),
+        rlimit("nofile", limits.nofile),
+        rlimit("nproc", limits.nproc),
     ];
-    ContainerCreateOpts::builder()
-        .name(name)
-        .image(&config.image)
+    // Podman cannot set RLIMIT_AS; the entrypoint applies these with prlimit.
+    let env = HashMap::from([
+        (
+            "CI_LIMIT_AS".to_string(),
+            (limits.address_space_mb * 1024 * 1024).to_string(),
+        ),
+        (
+            "CI_LIMIT_FSIZE".to_string(),
+            (limits.disk_mb * 1024 * 1024).to_string(),
+        ),
+    ]);
+    let mut builder = ContainerCreateOpts::builder()
+        .name(site.name)
+        .image(&config.worker.image)
         .labels(labels)
-        .user(SANDBOX_USER)
+        .env(env)
+        .user("0:0")
         .work_dir(HOME_DIR)
-        .net_namespace(Namespace {
-            nsmode: Some("none".into()),
-            value: None,
-        })
         .drop_capabilities(["ALL"])
+        .add_capabilities(ENTRYPOINT_CAPS)
         .read_only_fs(true)
         .mounts(mounts)
         .r_limits(rlimits)
         .init(true)
         // podman-api sends stop's timeout under a name Podman ignores; a short
         // stop_timeout at create keeps any stop from taking 10 s.
-        .stop_timeout(1)
-        .build()
+        .stop_timeout(1);
+    builder = match config.network.mode {
+        NetworkMode::None => builder.net_namespace(namespace("none")),
+        NetworkMode::Allowlist => {
+            let mut options = vec!["enable_ipv6=false".to_string()];
+            if site.needs_host_loopback {
+                options.push("allow_host_loopback=true".into());
+            }
+            builder
+                .net_namespace(namespace("slirp4netns"))
+                .network_options(HashMap::from([("slirp4netns".to_string(), options)]))
+                .hosts_add(site.hosts.iter().map(|(name, ip)| format!("{name}:{ip}")))
+        }
+    };
+    if let Some(resources) = cgroup_limits(limits, cgroups) {
+        builder = builder.resource_limits(resources);
+    }
+    builder.build()
+}
+
+/// Whether an allowlisted network includes slirp4netns's host-loopback address.
+pub fn is_host_loopback(addr: IpAddr, prefix: u8) -> bool {
+    let target: IpAddr = SLIRP_HOST_LOOPBACK.parse().expect("valid address");
+    match (addr, target) {
+        (IpAddr::V4(net), IpAddr::V4(host)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(net) & mask == u32::from(host) & mask
+        }
+        _ => false,
+    }
+}
+
+/// cgroup limits for the controllers Podman can enforce; None when it can enforce none.
+/// (Podman 5 on cgroup v2 without a controller accepts the limit at create and
+/// then fails to start the container, so never ask for an unavailable one.)
+fn cgroup_limits(limits: &LimitsConfig, cgroups: &CgroupSupport) -> Option<LinuxResources> {
+    let mut resources = serde_json::Map::new();
+    if cgroups.memory {
+        let bytes = limits.memory_mb * 1024 * 1024;
+        resources.insert("memory".into(), json!({"limit": bytes, "swap": bytes}));
+    }
+    if cgroups.pids {
+        resources.insert("pids".into(), json!({"limit": limits.pids}));
+    }
+    if cgroups.cpu {
+        let period: u64 = 100_000;
+        let quota = (limits.cpus * period as f64) as i64;
+        resources.insert("cpu".into(), json!({"period": period, "quota": quota}));
+    }
+    if resources.is_empty() {
+        return None;
+    }
+    Some(serde_json::from_value(resources.into()).expect("LinuxResources from its own fields"))
+}
+
+fn namespace(mode: &str) -> Namespace {
+    Namespace {
+        nsmode: Some(mode.into()),
+        value: None,
+    }
 }
 
 fn bind(source: &Path, destination: &str) -> ContainerMount {
@@ -108,20 +198,72 @@ mod tests {
     use super::*;
     use serde_json::Value;
 
+    fn spec(config: &Config, cgroups: &CgroupSupport) -> Value {
+        let site = WorkerSite {
+            name: "w1",
+            host_dir: Path::new("/run/user/1/ci/workers/w1"),
+            hosts: &[("mirror.test".into(), "192.0.2.7".parse().unwrap())],
+            needs_host_loopback: true,
+        };
+        let opts = container_opts(config, cgroups, &site);
+        serde_json::from_str(&opts.serialize().unwrap()).unwrap()
+    }
+
     #[test]
     fn the_spec_is_locked_down() {
-        let config = WorkerConfig::default();
-        let opts = container_opts(&config, "w1", Path::new("/run/user/1/ci/workers/w1"));
-        let spec: Value = serde_json::from_str(&opts.serialize().unwrap()).unwrap();
+        let spec = spec(&Config::default(), &CgroupSupport::default());
         assert_eq!(spec["netns"]["nsmode"], "none");
-        assert_eq!(spec["user"], SANDBOX_USER);
-        assert_eq!(spec["cap_drop"][0], "ALL");
+        assert!(spec.get("hostadd").is_none());
+        assert_eq!(spec["cap_drop"], json!(["ALL"]));
+        assert_eq!(spec["cap_add"], json!(ENTRYPOINT_CAPS));
         assert_eq!(spec["read_only_filesystem"], true);
+        assert_eq!(spec["init"], true);
         assert_eq!(spec["labels"][WORKER_LABEL], "1");
         assert_eq!(spec["labels"][INSTANCE_LABEL], "default");
         assert_eq!(spec["r_limits"][0]["type"], "nofile");
+        assert_eq!(spec["env"]["CI_LIMIT_AS"], (2048u64 << 20).to_string());
         let mounts = spec["mounts"].as_array().unwrap();
         assert_eq!(mounts[0]["destination"], KERNEL_DIR);
         assert_eq!(mounts[0]["source"], "/run/user/1/ci/workers/w1");
+        assert!(mounts[2]["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("size=500m")));
+        assert!(
+            spec.get("resource_limits").is_none(),
+            "no cgroup limits Podman cannot enforce"
+        );
+    }
+
+    #[test]
+    fn cgroup_limits_only_for_enforced_controllers() {
+        let cgroups = CgroupSupport::new("v2", true, vec!["memory".into(), "cpu".into()]);
+        let spec = spec(&Config::default(), &cgroups);
+        let resources = &spec["resource_limits"];
+        assert_eq!(resources["memory"]["limit"], 1024u64 << 20);
+        assert_eq!(resources["cpu"]["quota"], 100_000);
+        assert!(resources["pids"].is_null());
+    }
+
+    #[test]
+    fn allowlist_mode_gets_slirp_and_host_entries() {
+        let mut config = Config::default();
+        config.network.mode = NetworkMode::Allowlist;
+        let spec = spec(&config, &CgroupSupport::default());
+        assert_eq!(spec["netns"]["nsmode"], "slirp4netns");
+        let options = &spec["network_options"]["slirp4netns"];
+        assert!(options
+            .as_array()
+            .unwrap()
+            .contains(&json!("allow_host_loopback=true")));
+        assert_eq!(spec["hostadd"], json!(["mirror.test:192.0.2.7"]));
+    }
+
+    #[test]
+    fn host_loopback_detection() {
+        assert!(is_host_loopback("10.0.2.2".parse().unwrap(), 32));
+        assert!(is_host_loopback("10.0.0.0".parse().unwrap(), 8));
+        assert!(!is_host_loopback("10.0.3.0".parse().unwrap(), 24));
+        assert!(!is_host_loopback("::1".parse().unwrap(), 128));
     }
 }

@@ -281,6 +281,17 @@ impl Gateway {
             .collect()
     }
 
+    /// The gateway process's peak resident memory, KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.as_ref().expect("gateway running").id();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status")
+    }
+
     /// Stops the gateway with SIGTERM (as systemd would) and waits for it.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
