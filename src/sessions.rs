@@ -107,15 +107,7 @@ impl Sessions {
         }
         let mut slot = session.worker.lock().await;
         let _touch = Touch(&session.last_used);
-        if slot.as_ref().is_some_and(|w| w.kernel.is_dead()) {
-            let worker = slot.take().expect("checked above");
-            tracing::warn!(
-                worker = worker.id,
-                "session's kernel died while idle; starting afresh"
-            );
-            Metrics::bump(&self.metrics.kernel_failures);
-            self.pool.destroy(worker.into_remains());
-        }
+        self.discard_if_dead(&mut slot);
         let session_created = slot.is_none();
         if session_created {
             let worker = self.pool.take().await.map_err(|e| match e {
@@ -207,17 +199,23 @@ impl Sessions {
                 }
                 // A locked slot has a request in flight, which notices a death itself.
                 if let Ok(mut slot) = session.worker.try_lock() {
-                    if slot.as_ref().is_some_and(|w| w.kernel.is_dead()) {
-                        let worker = slot.take().expect("checked above");
-                        tracing::warn!(
-                            worker = worker.id,
-                            "session's kernel died while idle; destroying it"
-                        );
-                        Metrics::bump(&self.metrics.kernel_failures);
-                        self.pool.destroy(worker.into_remains());
-                    }
+                    self.discard_if_dead(&mut slot);
                 }
             }
+        }
+    }
+
+    /// Empties the slot if its kernel died while idle; the next request of the
+    /// user then starts afresh (`session_created`).
+    fn discard_if_dead(&self, slot: &mut Option<Worker>) {
+        if slot.as_ref().is_some_and(|w| w.kernel.is_dead()) {
+            let worker = slot.take().expect("checked above");
+            tracing::warn!(
+                worker = worker.id,
+                "session's kernel died while idle; destroying it"
+            );
+            Metrics::bump(&self.metrics.kernel_failures);
+            self.pool.destroy(worker.into_remains());
         }
     }
 
