@@ -4,7 +4,9 @@
 # 1. scripts/start.sh --no-start: packages, service user, rootless Podman and
 #    its REST socket, worker image (cached by input hash), release build.
 # 2. cargo test --release: unit tests, then integration tests that start real
-#    gateways as the service user against real rootless Podman.
+#    gateways as the service user against real rootless Podman. As root, a
+#    private rootful Podman (tests/rootful_podman.sh) also runs, so the
+#    limits tests prove cgroup enforcement where rootless cannot have it.
 # 3. tests/e2e_scripts.sh: the README's flow (start.sh, curl, stop.sh).
 #
 # Usage: scripts/test.sh [extra cargo test args]
@@ -21,6 +23,11 @@ main() {
 		export CI_TEST_SVC_USER=$SVC_USER
 	fi
 	export CI_TEST_SVC_HOME=$SVC_HOME CI_TEST_SVC_RUNTIME=$SVC_RUNTIME
+	if is_root; then
+		trap 'bash "$REPO/tests/rootful_podman.sh" stop' EXIT
+		bash "$REPO/tests/rootful_podman.sh" start
+		eval "$(bash "$REPO/tests/rootful_podman.sh" env)"
+	fi
 
 	log "== cargo test"
 	(cd "$REPO" && cargo test --release --locked -- --test-threads=2 "$@")

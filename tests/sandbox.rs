@@ -226,9 +226,80 @@ print("kernel dir", sorted(os.listdir("/run/kernel")))
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_attacks_are_contained() {
+    resource_attacks(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_attacks_are_contained_on_rootful_podman() {
+    let Some(rootful) = rootful() else { return };
+    resource_attacks(Some(rootful)).await;
+}
+
+/// The rootful Podman of tests/rootful_podman.sh, or None (with a note) when
+/// these tests do not run as root.
+fn rootful() -> Option<common::ServiceUser> {
+    let svc = common::ServiceUser::rootful_from_env();
+    if svc.is_none() {
+        eprintln!("skipped: no rootful Podman (scripts/test.sh starts one when run as root)");
+    }
+    svc
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cgroup_limits_bite_where_podman_enforces_them() {
+    let Some(rootful) = rootful() else { return };
+    let gw = gateway_with_bystander(Options {
+        svc: Some(rootful),
+        extra: "[limits]\nmemory_mb = 256\npids = 48\nnproc = 4096\naddress_space_mb = 4096\n"
+            .into(),
+        ..Options::default()
+    })
+    .await;
+    let status = gw.status().await;
+    assert_eq!(status["limits"]["cgroup_limits_enforced"], true, "{status}");
+    assert_eq!(status["limits"]["enforced_by"]["memory"]["by"], "cgroup");
+    assert_eq!(status["host"]["cgroups"]["rootless"], false);
+
+    // pids: the 48th process of the worker cannot be made, whatever RLIMIT_NPROC says.
+    let report = output(
+        &gw,
+        "mallory",
+        r#"
+import subprocess
+children = []
+try:
+    for _ in range(200):
+        children.append(subprocess.Popen(["sleep", "60"]))
+except OSError as e:
+    print(type(e).__name__, len(children))
+for c in children:
+    c.kill(); c.wait()
+"#,
+    )
+    .await;
+    let made: usize = report
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("999")
+        .parse()
+        .unwrap();
+    assert!(made < 48, "pids limit did not bite: {report}");
+    assert_unharmed(&gw).await;
+
+    // memory: touching 600 MiB under a 256 MiB cgroup (and a 4 GiB address
+    // space) gets the kernel OOM-killed: 502, the next request a fresh session.
+    let (status, body) = gw.execute("mallory", "x = bytearray(600 * 2**20)").await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["session_reset"], true);
+    assert_eq!(gw.run("mallory", "1").await["session_created"], true);
+    assert_unharmed(&gw).await;
+}
+
+async fn resource_attacks(svc: Option<common::ServiceUser>) {
     let gw = gateway_with_bystander(Options {
         timeout_secs: 30.0,
         max_workers: 6,
+        svc,
         ..Options::default()
     })
     .await;

@@ -26,6 +26,10 @@ pub struct ServiceUser {
     pub name: Option<String>,
     pub home: String,
     pub runtime_dir: String,
+    /// Podman's socket when not the user's default one (the rootful tests).
+    pub podman_socket: Option<String>,
+    /// Extra environment for the gateway and podman (the rootful tests' private config).
+    pub env: Vec<(String, String)>,
 }
 
 impl ServiceUser {
@@ -42,7 +46,27 @@ impl ServiceUser {
                 .or_else(|| var("HOME"))
                 .unwrap_or_else(|| "/".into()),
             runtime_dir,
+            podman_socket: None,
+            env: Vec::new(),
         }
+    }
+
+    /// The private rootful Podman of tests/rootful_podman.sh, if scripts/test.sh started it.
+    pub fn rootful_from_env() -> Option<Self> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Some(Self {
+            name: None,
+            home: "/root".into(),
+            runtime_dir: var("CI_TEST_ROOTFUL_DIR")?,
+            podman_socket: Some(var("CI_TEST_ROOTFUL_SOCKET")?),
+            env: vec![
+                ("CONTAINERS_CONF".into(), var("CONTAINERS_CONF_ROOTFUL")?),
+                (
+                    "CONTAINERS_STORAGE_CONF".into(),
+                    var("CONTAINERS_STORAGE_CONF_ROOTFUL")?,
+                ),
+            ],
+        })
     }
 
     /// A command that runs `program` as the service user with a clean environment.
@@ -69,6 +93,7 @@ impl ServiceUser {
             .env("XDG_RUNTIME_DIR", &self.runtime_dir)
             .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
             .env("LANG", "C.UTF-8")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .current_dir("/");
         command
     }
@@ -100,6 +125,8 @@ pub struct Options {
     pub timeout_secs: f64,
     /// Extra TOML appended to the generated config.
     pub extra: String,
+    /// Run against this Podman instead of the service user's rootless one.
+    pub svc: Option<ServiceUser>,
 }
 
 impl Default for Options {
@@ -109,6 +136,7 @@ impl Default for Options {
             max_workers: 4,
             timeout_secs: 20.0,
             extra: String::new(),
+            svc: None,
         }
     }
 }
@@ -126,8 +154,8 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub async fn start(options: Options) -> Self {
-        let svc = ServiceUser::from_env();
+    pub async fn start(mut options: Options) -> Self {
+        let svc = options.svc.take().unwrap_or_else(ServiceUser::from_env);
         let tag = random_tag();
         let instance = format!("test-{tag}");
         let scratch = std::env::temp_dir().join(format!("ci-test-{tag}"));
@@ -139,9 +167,14 @@ impl Gateway {
         fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
         let port = free_port();
         let runtime_dir = format!("{}/{instance}", svc.runtime_dir);
+        let socket = svc
+            .podman_socket
+            .as_ref()
+            .map(|s| format!("podman_socket = \"{s}\"\n"))
+            .unwrap_or_default();
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n\
-             [paths]\nruntime_dir = \"{runtime_dir}\"\nstate_dir = \"{runtime_dir}-state\"\n\
+             [paths]\nruntime_dir = \"{runtime_dir}\"\nstate_dir = \"{runtime_dir}-state\"\n{socket}\
              [worker]\ninstance = \"{instance}\"\n\
              [pool]\nmin_idle = {}\nmax_workers = {}\n\
              [execution]\ntimeout_secs = {}\n{}",
