@@ -14,6 +14,7 @@ mod pool;
 mod random;
 mod server;
 mod sessions;
+mod state;
 mod worker;
 
 use std::io::IsTerminal;

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub workers_created: AtomicU64,
     pub workers_destroyed: AtomicU64,
     pub worker_start_failures: AtomicU64,
+    pub workers_adopted: AtomicU64,
+    pub workers_discarded: AtomicU64,
 }
 
 /// A point-in-time copy of the counters, for JSON.
@@ -32,6 +34,8 @@ pub struct Snapshot {
     pub workers_created: u64,
     pub workers_destroyed: u64,
     pub worker_start_failures: u64,
+    pub workers_adopted: u64,
+    pub workers_discarded: u64,
 }
 
 impl Metrics {
@@ -52,6 +56,8 @@ impl Metrics {
             workers_created: get(&self.workers_created),
             workers_destroyed: get(&self.workers_destroyed),
             worker_start_failures: get(&self.worker_start_failures),
+            workers_adopted: get(&self.workers_adopted),
+            workers_discarded: get(&self.workers_discarded),
         }
     }
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::metrics::Metrics;
+use crate::state::Registry;
 use crate::worker::{Remains, Worker, WorkerFactory};
 
 /// Why no worker could be had.
@@ -30,6 +31,7 @@ pub enum TakeError {
 pub struct Pool {
     factory: Arc<WorkerFactory>,
     metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
     idle: Mutex<VecDeque<Worker>>,
     /// Workers alive or being created: the capacity in use.
     slots_used: AtomicUsize,
@@ -64,6 +66,7 @@ impl Pool {
     pub fn new(
         factory: Arc<WorkerFactory>,
         metrics: Arc<Metrics>,
+        registry: Arc<Registry>,
         min_idle: usize,
         max_workers: usize,
         parallelism: usize,
@@ -71,6 +74,7 @@ impl Pool {
         Arc::new(Self {
             factory,
             metrics,
+            registry,
             idle: Mutex::new(VecDeque::new()),
             slots_used: AtomicUsize::new(0),
             creating: AtomicUsize::new(0),
@@ -82,6 +86,14 @@ impl Pool {
             initializing: AtomicBool::new(min_idle > 0),
             last_error: Mutex::new(None),
         })
+    }
+
+    /// Takes over workers a previous run left: `idle` ones wait in the pool,
+    /// `assigned` more serve re-adopted sessions. All of them hold a slot.
+    pub fn adopt(&self, idle: Vec<Worker>, assigned: usize) {
+        self.slots_used
+            .fetch_add(idle.len() + assigned, Ordering::SeqCst);
+        self.idle.lock().unwrap().extend(idle);
     }
 
     /// Hands out a ready worker: from the pool, else made now, else waits for
@@ -115,6 +127,7 @@ impl Pool {
     /// Destroys a worker in the background and frees its slot afterwards.
     pub fn destroy(self: &Arc<Self>, remains: Remains) {
         let pool = Arc::clone(self);
+        pool.registry.remove(&remains.id);
         tokio::spawn(async move {
             pool.factory.destroy(remains).await;
             Metrics::bump(&pool.metrics.workers_destroyed);
@@ -221,6 +234,7 @@ impl Pool {
         self.creating.fetch_sub(1, Ordering::SeqCst);
         match &result {
             Ok(worker) => {
+                self.registry.insert(worker.record());
                 Metrics::bump(&self.metrics.workers_created);
                 *self.last_error.lock().unwrap() = None;
                 tracing::info!(worker = worker.id, "worker ready");

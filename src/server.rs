@@ -4,6 +4,7 @@
 //! the warm pool and binds the API. On SIGTERM or SIGINT the server stops
 //! accepting, lets running requests finish, and removes this instance's workers.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,9 +18,12 @@ use crate::host::{CgroupSupport, HostInfo};
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::sessions::{Expiry, Sessions};
+use crate::state::{unix_now, Registry, WorkerRecord};
 use crate::worker::podman::PodmanRuntime;
-use crate::worker::WorkerFactory;
+use crate::worker::{Worker, WorkerFactory};
 
+/// Time past the execution timeout that shutdown waits for running requests.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 /// How long start-up waits for the Podman socket to answer.
 const PODMAN_WAIT: Duration = Duration::from_secs(30);
 
@@ -35,21 +39,18 @@ pub async fn run(config: Config) -> Result<()> {
         configured => configured.min(host_capacity),
     };
     let factory = Arc::new(WorkerFactory::new(podman, Arc::clone(&config), cgroups)?);
-    match factory.remove_leftovers().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("removed {n} worker(s) left by an earlier run"),
-        Err(e) => tracing::warn!("could not look for leftover workers: {e:#}"),
-    }
-
     let metrics = Arc::new(Metrics::default());
+    let registry = Registry::new(prepare_state_dir(&config)?);
+    let adopted = adopt_previous_workers(&factory, &registry, &metrics).await;
+
     let pool = Pool::new(
         Arc::clone(&factory),
         Arc::clone(&metrics),
+        Arc::clone(&registry),
         config.pool.min_idle,
         max_workers,
         config.pool.create_parallelism,
     );
-    tokio::spawn(Arc::clone(&pool).run_refill());
     let sessions = Arc::new(Sessions::new(
         Arc::clone(&pool),
         Arc::clone(&metrics),
@@ -59,7 +60,26 @@ pub async fn run(config: Config) -> Result<()> {
             idle_timeout: Duration::from_secs(config.sessions.idle_timeout_secs),
             max_age: Duration::from_secs(config.sessions.max_age_secs),
         },
+        Arc::clone(&registry),
     ));
+    let mut idle = Vec::new();
+    let mut assigned = 0;
+    for (worker, record) in adopted {
+        match record.user {
+            Some(user) => {
+                assigned += 1;
+                sessions.adopt(
+                    &user,
+                    worker,
+                    record.session_started.unwrap_or_else(unix_now),
+                );
+            }
+            None => idle.push(worker),
+        }
+    }
+    pool.adopt(idle, assigned);
+    tokio::spawn(Arc::clone(&registry).run_writer());
+    tokio::spawn(Arc::clone(&pool).run_refill());
     tokio::spawn(Arc::clone(&sessions).run_reaper());
     log_limits(&config, &host, max_workers);
 
@@ -81,17 +101,95 @@ pub async fn run(config: Config) -> Result<()> {
         "code-interpreter listening on http://{}",
         config.server.listen
     );
-    warp::serve(api::routes(state))
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = warp::serve(api::routes(state))
         .incoming(listener)
-        .graceful(shutdown_signal())
-        .run()
-        .await;
-
-    tracing::info!("shutting down: removing this instance's workers");
-    if let Err(e) = factory.remove_leftovers().await {
-        tracing::warn!("could not remove workers at shutdown: {e:#}");
+        .graceful(async {
+            let _ = stopped.await;
+        })
+        .run();
+    tokio::pin!(server);
+    tokio::select! {
+        _ = &mut server => {}
+        _ = shutdown_signal() => {
+            // Stop accepting; let running executions finish, within bounds.
+            let _ = stop.send(());
+            let grace = config.max_timeout() + SHUTDOWN_MARGIN;
+            if tokio::time::timeout(grace, &mut server).await.is_err() {
+                tracing::warn!("requests still running after {grace:?}; exiting anyway");
+            }
+        }
     }
+    // Workers keep running: the next start re-adopts them (scripts/stop.sh removes them).
+    registry.save()?;
+    tracing::info!("stopped; workers left running for the next start to re-adopt");
     Ok(())
+}
+
+/// Creates the state directory (0700) that holds the token and the worker table.
+fn prepare_state_dir(config: &Config) -> Result<std::path::PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = config.state_dir();
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating state directory {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Re-connects to the workers the previous run recorded, and removes every
+/// other worker container and directory of this instance. A worker whose
+/// kernel does not prove itself (answer a signed kernel_info request) is removed.
+async fn adopt_previous_workers(
+    factory: &Arc<WorkerFactory>,
+    registry: &Registry,
+    metrics: &Metrics,
+) -> Vec<(Worker, WorkerRecord)> {
+    let previous = registry.load_previous();
+    let attempts = previous.into_iter().map(|record| async move {
+        match factory.adopt(&record).await {
+            Ok(worker) => Some((worker, record)),
+            Err(e) => {
+                tracing::warn!(worker = record.id, "not re-adopted: {e:#}");
+                None
+            }
+        }
+    });
+    let adopted: Vec<(Worker, WorkerRecord)> = futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    let keep: Vec<&Worker> = adopted.iter().map(|(worker, _)| worker).collect();
+    match factory.remove_others(&keep).await {
+        Ok(removed) => {
+            metrics
+                .workers_discarded
+                .fetch_add(removed as u64, Ordering::Relaxed);
+            if removed > 0 {
+                tracing::info!("removed {removed} worker(s) that could not be re-adopted");
+            }
+        }
+        Err(e) => tracing::warn!("could not look for leftover workers: {e:#}"),
+    }
+    for (worker, record) in &adopted {
+        registry.insert(WorkerRecord {
+            user: record.user.clone(),
+            session_started: record.session_started,
+            ..worker.record()
+        });
+    }
+    metrics
+        .workers_adopted
+        .fetch_add(adopted.len() as u64, Ordering::Relaxed);
+    if !adopted.is_empty() {
+        tracing::info!(
+            "re-adopted {} worker(s) from the previous run",
+            adopted.len()
+        );
+    }
+    adopted
 }
 
 /// Podman's version and cgroup support once the socket answers; "unavailable"

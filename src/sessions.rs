@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use crate::kernel::{ExecuteError, Execution};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, TakeError};
+use crate::state::{unix_now, Registry};
 use crate::worker::Worker;
 
 /// Why an execution produced no result.
@@ -63,6 +64,7 @@ pub struct Sessions {
     max_queue: usize,
     max_output_bytes: usize,
     expiry: Expiry,
+    registry: Arc<Registry>,
     /// Executions running right now.
     busy: AtomicUsize,
 }
@@ -80,6 +82,7 @@ impl Sessions {
         max_queue: usize,
         max_output_bytes: usize,
         expiry: Expiry,
+        registry: Arc<Registry>,
     ) -> Self {
         Self {
             table: Mutex::new(HashMap::new()),
@@ -88,6 +91,7 @@ impl Sessions {
             max_queue,
             max_output_bytes,
             expiry,
+            registry,
             busy: AtomicUsize::new(0),
         }
     }
@@ -115,6 +119,7 @@ impl Sessions {
                 TakeError::Failed(e) => SessionError::WorkerUnavailable(format!("{e:#}")),
             })?;
             tracing::info!(worker = worker.id, "session started");
+            self.registry.assign(&worker.id, user, unix_now());
             Metrics::bump(&self.metrics.sessions_created);
             *slot = Some(worker);
         }
@@ -155,6 +160,21 @@ impl Sessions {
                 })
             }
         }
+    }
+
+    /// Restores a session a previous run of the gateway had, with its worker.
+    pub fn adopt(&self, user: &str, worker: Worker, started_unix: u64) {
+        let age = Duration::from_secs(unix_now().saturating_sub(started_unix));
+        let created = Instant::now().checked_sub(age).unwrap_or_else(Instant::now);
+        self.table.lock().unwrap().insert(
+            user.to_string(),
+            Arc::new(Session {
+                worker: tokio::sync::Mutex::new(Some(worker)),
+                pending: AtomicUsize::new(0),
+                created,
+                last_used: Mutex::new(Instant::now()),
+            }),
+        );
     }
 
     /// Ends `user`'s session; its worker is destroyed once its current execution ends.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # e2e_scripts.sh — the README's quick start, checked as a person would run it:
 # scripts/start.sh, the curl example (a = 100, then print(a) gives "100"),
-# scripts/token.sh, scripts/restart.sh, then scripts/stop.sh leaves no worker
+# scripts/token.sh, scripts/restart.sh (the session survives it), then
+# scripts/stop.sh leaves no worker
 # container. Stops the service on failure too.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -51,6 +52,8 @@ main() {
 	"$REPO/scripts/restart.sh"
 	check "the gateway answers after restart.sh" gateway_healthy
 	check "token.sh gives the same token after restart" test "$("$REPO/scripts/token.sh")" = "$TOKEN"
+	check "the session survives restart.sh (print(a) still gives 100)" \
+		result_text_is $'100\n' "$(execute e2e-user 'print(a)')"
 
 	"$REPO/scripts/stop.sh"
 	check "stop.sh stops the gateway" bash -c "! curl -fsS --max-time 2 $(gateway_url)/health"

@@ -209,10 +209,21 @@ async fn the_warm_pool_serves_new_users_and_status_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stopping_the_gateway_removes_its_workers() {
+async fn a_restarted_gateway_keeps_every_session() {
     let mut gw = Gateway::start(Options::default()).await;
-    gw.run("gina", "1").await;
-    assert!(!gw.containers().is_empty());
-    gw.stop();
-    assert_eq!(gw.containers(), Vec::<String>::new(), "log:\n{}", gw.log());
+    gw.run("gina", "import math\nkept = 42").await;
+    gw.run("hank", "kept = 'hank'").await;
+    gw.stop(); // SIGTERM, as systemd and scripts/restart.sh do
+    assert!(!gw.containers().is_empty(), "workers outlive the gateway");
+    gw.spawn().await;
+    let gina = gw.run("gina", "print(kept, math.pi > 3)").await;
+    assert_eq!(gina["result_text"], "42 True\n");
+    assert_eq!(gina["session_created"], false);
+    assert_eq!(gw.run("hank", "print(kept)").await["result_text"], "hank\n");
+    let status = gw.status().await;
+    assert!(
+        status["counters"]["workers_adopted"].as_u64().unwrap() >= 2,
+        "{status}"
+    );
+    assert_eq!(status["sessions"], 2);
 }

@@ -9,6 +9,7 @@ pub mod network;
 pub mod podman;
 pub mod spec;
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -22,6 +23,7 @@ use crate::config::{AllowEntry, Config, NetworkMode};
 use crate::host::CgroupSupport;
 use crate::kernel::{ConnectionInfo, KernelClient};
 use crate::random;
+use crate::state::WorkerRecord;
 use podman::PodmanRuntime;
 
 /// A live worker with a connected kernel.
@@ -32,6 +34,8 @@ pub struct Worker {
     pub container: String,
     /// The worker directory on the gateway's side.
     pub dir: PathBuf,
+    /// The kernel's HMAC key (kept to re-connect after a gateway restart).
+    pub key: String,
     pub kernel: KernelClient,
 }
 
@@ -140,8 +144,61 @@ impl WorkerFactory {
             id: id.to_string(),
             container,
             dir: dir.to_path_buf(),
+            key: info.key,
             kernel,
         })
+    }
+
+    /// Re-connects to a worker a previous run of the gateway left running,
+    /// proving it is the same live kernel (its key signs a kernel_info reply).
+    pub async fn adopt(&self, record: &WorkerRecord) -> Result<Worker> {
+        let expected_dir = self.workers_dir.join(&record.id);
+        anyhow::ensure!(
+            record.dir == expected_dir,
+            "worker directory {} is not ours",
+            record.dir.display()
+        );
+        let info = ConnectionInfo {
+            key: record.key.clone(),
+            host_dir: record.dir.clone(),
+            kernel_dir: spec::KERNEL_DIR.into(),
+        };
+        let kernel = KernelClient::connect(&info, ADOPT_TIMEOUT)
+            .await
+            .with_context(|| format!("re-connecting to worker {}", record.id))?;
+        Ok(Worker {
+            id: record.id.clone(),
+            container: record.container.clone(),
+            dir: record.dir.clone(),
+            key: record.key.clone(),
+            kernel,
+        })
+    }
+
+    /// Removes this instance's containers and worker directories other than
+    /// those of `keep` (all of them when `keep` is empty).
+    pub async fn remove_others(&self, keep: &[&Worker]) -> Result<usize> {
+        let containers: HashSet<&str> = keep.iter().map(|w| w.container.as_str()).collect();
+        let dirs: HashSet<&str> = keep.iter().map(|w| w.id.as_str()).collect();
+        let mut removed = 0;
+        for container in self
+            .podman
+            .list_workers(&self.config.worker.instance)
+            .await?
+        {
+            if !containers.contains(container.as_str()) {
+                self.podman.remove(&container).await?;
+                removed += 1;
+            }
+        }
+        if let Ok(entries) = fs::read_dir(&self.workers_dir) {
+            for entry in entries.flatten() {
+                if !dirs.contains(entry.file_name().to_string_lossy().as_ref()) {
+                    remove_worker_dir(&entry.path()).await;
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Removes the container and the directory; logs what could not be removed.
@@ -153,26 +210,21 @@ impl WorkerFactory {
         }
         remove_worker_dir(&remains.dir).await;
     }
-
-    /// Removes every worker of this instance left by an earlier run of the gateway.
-    pub async fn remove_leftovers(&self) -> Result<usize> {
-        let leftovers = self
-            .podman
-            .list_workers(&self.config.worker.instance)
-            .await?;
-        for container in &leftovers {
-            self.podman.remove(container).await?;
-        }
-        if let Ok(entries) = fs::read_dir(&self.workers_dir) {
-            for entry in entries.flatten() {
-                remove_worker_dir(&entry.path()).await;
-            }
-        }
-        Ok(leftovers.len())
-    }
 }
 
 impl Worker {
+    /// The persisted form of this worker, as waiting in the pool.
+    pub fn record(&self) -> WorkerRecord {
+        WorkerRecord {
+            id: self.id.clone(),
+            container: self.container.clone(),
+            dir: self.dir.clone(),
+            key: self.key.clone(),
+            user: None,
+            session_started: None,
+        }
+    }
+
     /// Splits off what must be cleaned up; drops the kernel connection.
     pub fn into_remains(self) -> Remains {
         Remains {
@@ -210,6 +262,8 @@ async fn remove_worker_dir(dir: &Path) {
     }
 }
 
+/// How long a worker left by a previous run may take to prove it is alive.
+const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The kernel's connection file, inside the worker directory.
 const CONNECTION_FILE: &str = "connection.json";
 /// File the entrypoint writes when it refuses to start the kernel.

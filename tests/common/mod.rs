@@ -184,19 +184,8 @@ impl Gateway {
         fs::write(&config_path, config).unwrap();
         fs::set_permissions(&config_path, fs::Permissions::from_mode(0o644)).unwrap();
         let token = format!("test-token-{}", random_tag());
-        let log = fs::File::create(scratch.join("gateway.log")).unwrap();
-        let child = svc
-            .command(binary.to_str().unwrap())
-            .args(["serve", "--config", config_path.to_str().unwrap()])
-            .env("CODE_INTERPRETER_TOKEN", &token)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting the gateway");
-        let gateway = Self {
-            child: Some(child),
+        let mut gateway = Self {
+            child: None,
             url: format!("http://127.0.0.1:{port}"),
             token,
             instance,
@@ -208,8 +197,44 @@ impl Gateway {
                 .build()
                 .unwrap(),
         };
-        gateway.wait_healthy(Duration::from_secs(60)).await;
+        gateway.spawn().await;
         gateway
+    }
+
+    /// Starts the gateway process (again) with the same config, state and
+    /// token, and waits until it is healthy.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the gateway is already running");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.scratch.join("gateway.log"))
+            .unwrap();
+        let child = self
+            .svc
+            .command(self.scratch.join("code-interpreter").to_str().unwrap())
+            .args([
+                "serve",
+                "--config",
+                self.scratch.join("config.toml").to_str().unwrap(),
+            ])
+            .env("CODE_INTERPRETER_TOKEN", &self.token)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting the gateway");
+        self.child = Some(child);
+        self.wait_healthy(Duration::from_secs(60)).await;
+    }
+
+    /// Kills the gateway with SIGKILL (a crash) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     async fn wait_healthy(&self, within: Duration) {
