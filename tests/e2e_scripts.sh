@@ -33,8 +33,8 @@ result_text_is() { # result_text_is EXPECTED JSON
 	python3 -c 'import json,sys; sys.exit(0 if json.loads(sys.argv[2])["result_text"] == sys.argv[1] else 1)' "$1" "$2"
 }
 
-worker_containers() {
-	svc_podman ps -a -q --filter "label=$WORKER_LABEL" | wc -l
+worker_containers() { # of the service's instance ("default" in config.toml)
+	svc_podman ps -a -q --filter "label=io.code-interpreter.instance=default" | wc -l
 }
 
 cleanup() { "$REPO/scripts/stop.sh" >/dev/null 2>&1 || true; }

@@ -42,16 +42,6 @@ async fn gateway_with_bystander(options: Options) -> Gateway {
     gw
 }
 
-/// Container id of the worker serving `user` (its hostname is the short id).
-async fn container_of(gw: &Gateway, user: &str) -> String {
-    let host = output(gw, user, "import socket; print(socket.gethostname())").await;
-    let host = host.trim();
-    gw.containers()
-        .into_iter()
-        .find(|id| id.starts_with(host))
-        .unwrap_or_else(|| panic!("no container {host} among {:?}", gw.containers()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_network_and_no_path_to_the_control_plane() {
     let gw = gateway_with_bystander(Options::default()).await;
@@ -134,7 +124,7 @@ for args in (["nft", "list", "ruleset"], ["nft", "flush", "ruleset"]):
     );
 
     // The rules are really there: read the worker's netns ruleset from outside.
-    let container = container_of(&gw, "mallory").await;
+    let container = gw.container_of("mallory").await;
     let ruleset = gw.svc.podman(&[
         "exec", "--user", "root", &container, "nft", "-j", "list", "ruleset",
     ]);
@@ -431,7 +421,7 @@ print("gateway", fetch({gateway_port}))
         "{report}"
     );
     // Nothing may connect in: the input chain accepts only loopback and replies.
-    let container = container_of(&gw, "mallory").await;
+    let container = gw.container_of("mallory").await;
     let rules = gw.svc.podman(&[
         "exec",
         "--user",

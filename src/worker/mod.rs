@@ -204,8 +204,15 @@ impl WorkerFactory {
     /// Removes the container and the directory; logs what could not be removed.
     pub async fn destroy(&self, remains: Remains) {
         if let Some(container) = &remains.container {
-            if let Err(e) = self.podman.remove(container).await {
-                tracing::warn!(worker = remains.id, "could not remove container: {e:#}");
+            // Podman may be restarting: retry for about half a minute before giving up.
+            for attempt in 0..REMOVE_ATTEMPTS {
+                match self.podman.remove(container).await {
+                    Ok(()) => break,
+                    Err(e) if attempt + 1 == REMOVE_ATTEMPTS => {
+                        tracing::error!(worker = remains.id, "could not remove container: {e:#}");
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500 << attempt)).await,
+                }
             }
         }
         remove_worker_dir(&remains.dir).await;
@@ -262,6 +269,8 @@ async fn remove_worker_dir(dir: &Path) {
     }
 }
 
+/// Tries to remove a container before giving up (0.5 s, 1 s, 2 s … between).
+const REMOVE_ATTEMPTS: u32 = 6;
 /// How long a worker left by a previous run may take to prove it is alive.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The kernel's connection file, inside the worker directory.

@@ -175,7 +175,6 @@ impl Gateway {
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n\
              [paths]\nruntime_dir = \"{runtime_dir}\"\nstate_dir = \"{runtime_dir}-state\"\n{socket}\
-             [worker]\ninstance = \"{instance}\"\n\
              [pool]\nmin_idle = {}\nmax_workers = {}\n\
              [execution]\ntimeout_secs = {}\n{}",
             options.min_idle, options.max_workers, options.timeout_secs, options.extra
@@ -219,6 +218,7 @@ impl Gateway {
                 self.scratch.join("config.toml").to_str().unwrap(),
             ])
             .env("CODE_INTERPRETER_TOKEN", &self.token)
+            .env("CODE_INTERPRETER_INSTANCE", &self.instance)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -348,6 +348,40 @@ impl Gateway {
             .find_map(|l| l.strip_prefix("VmHWM:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmHWM in /proc/PID/status")
+    }
+
+    /// Container id of the worker serving `user` (its hostname is the short id).
+    pub async fn container_of(&self, user: &str) -> String {
+        let body = self
+            .run(user, "import socket; print(socket.gethostname())")
+            .await;
+        let host = body["result_text"].as_str().unwrap().trim().to_string();
+        self.containers()
+            .into_iter()
+            .find(|id| id.starts_with(&host))
+            .unwrap_or_else(|| panic!("no container {host} among {:?}", self.containers()))
+    }
+
+    /// Waits until Podman shows exactly the gateway's live workers (pool and
+    /// sessions): nothing orphaned, nothing missing.
+    pub async fn assert_no_orphans(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = self.status().await;
+            let live = status["total_workers"].as_u64().unwrap() as usize;
+            let creating = status["creating_workers"].as_u64().unwrap();
+            let containers = self.containers();
+            if creating == 0 && containers.len() == live {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "podman shows {} containers, the gateway {live} workers: {status}",
+                    containers.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Stops the gateway with SIGTERM (as systemd would) and waits for it.
