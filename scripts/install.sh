@@ -27,20 +27,23 @@ usage() { sed -n '14,19s/^# \{0,1\}//p' "$0"; }
 
 # Commands for an administrator: root reaches the user's manager with -M.
 print_next_steps() {
-	local sysctl podman
+	local sysctl podman logs
 	if is_root; then
 		sysctl="systemctl --user -M $SVC_USER@"
 		podman="$REPO/scripts/token.sh"
+		# (journalctl --user -u only reads the caller's own journal)
+		logs="journalctl _SYSTEMD_USER_UNIT=$GATEWAY_UNIT -f"
 	else
 		sysctl="systemctl --user"
 		podman="podman exec $GATEWAY_CONTAINER code-interpreter token"
+		logs="journalctl --user -u code-interpreter -f"
 	fi
 	cat <<EOM
 
 code-interpreter is installed as the systemd user service $GATEWAY_UNIT of $SVC_USER.
   start:   $sysctl start code-interpreter
   status:  $sysctl status code-interpreter
-  logs:    journalctl --user-unit code-interpreter$(is_root || echo " (or journalctl --user -u code-interpreter)")
+  logs:    $logs
   token:   $podman
   config:  $CI_CONFIG (then: $sysctl restart code-interpreter)
   URL:     $UNIT_URL
@@ -90,7 +93,7 @@ main() {
 	if ((start)); then
 		log "service: starting $GATEWAY_UNIT"
 		svc_systemctl start "$GATEWAY_UNIT"
-		wait_for 60 unit_healthy || die "$GATEWAY_UNIT did not become healthy within 60 s (journalctl --user-unit code-interpreter)"
+		wait_for 60 unit_healthy || die "$GATEWAY_UNIT did not become healthy within 60 s (see its log)"
 		log "service: healthy at $UNIT_URL"
 	fi
 	print_next_steps

@@ -18,7 +18,8 @@
 #
 # Skipped when its inputs (units, Containerfiles, scripts, sources, binary,
 # worker image, this file) are those of its last pass on this machine; set
-# CODE_INTERPRETER_E2E_FORCE=1 to run anyway. Everything it creates is removed
+# CODE_INTERPRETER_E2E_FORCE=1 to run anyway (CODE_INTERPRETER_E2E_KEEP=1 keeps
+# the machine for debugging). Everything it creates is removed
 # on exit, failure included; the cached rootfs tarball, its imported image and
 # the image archives stay (caches).
 #
@@ -82,7 +83,7 @@ inside_prepare() {
 	local t0 id name
 	t0=$(date +%s.%N)
 	# Ids unlike the host's own service user's (the machine has no user namespace).
-	useradd --system --user-group --uid 4999 --home-dir "$MACHINE_HOME" --shell /usr/sbin/nologin "$SVC_USER"
+	useradd --system --user-group --uid 888 --home-dir "$MACHINE_HOME" --shell /usr/sbin/nologin "$SVC_USER"
 	svc_resolve
 	chown "$SVC_UID:$SVC_GID" "$SVC_HOME"
 	chmod 0700 "$SVC_HOME"
@@ -131,7 +132,7 @@ inside_run() {
 	if result_text_is $'100\n' "$body"; then
 		check "after restart the variable is still there (re-adoption)" true
 	else
-		log "note: after restart the session is fresh (no re-adoption): $body"
+		log "note: after restart the session is fresh (no re-adoption): ${body:0:120}..."
 		check "after restart a session works" result_text_is $'2\n' "$(execute e2e 'print(1 + 1)')"
 	fi
 
@@ -156,8 +157,8 @@ inside_after_reboot() {
 	check "after the reboot the token is the same" \
 		test "$(svc_podman exec "$GATEWAY_CONTAINER" code-interpreter token || echo none)" = "$(cat /root/e2e-token)"
 	check "after the reboot print(6 * 7) gives 42" result_text_is $'42\n' "$(execute e2e 'print(6 * 7)')"
-	check "journalctl --user-unit code-interpreter has the gateway's log" \
-		bash -c 'journalctl --no-pager --user-unit code-interpreter | grep -q "code-interpreter listening"'
+	check "the journal has the gateway's log (README's journalctl, as root)" \
+		bash -c 'journalctl --no-pager _SYSTEMD_USER_UNIT=code-interpreter.service | grep -q "code-interpreter listening"'
 	check "scripts/uninstall.sh" /src/scripts/uninstall.sh
 	check "after uninstall no container of $SVC_USER is left" no_container_at_all
 	check "after uninstall the unit is gone" bash -c "! ${SYSCTL[*]} cat $GATEWAY_UNIT >/dev/null 2>&1"
@@ -287,6 +288,10 @@ inside() {
 }
 
 cleanup() {
+	if [[ ${CODE_INTERPRETER_E2E_KEEP:-0} == 1 ]]; then
+		log "kept for debugging: machine $MACHINE (podman exec -it $MACHINE bash), $WORK"
+		return 0
+	fi
 	if podman container exists "$MACHINE" 2>/dev/null; then
 		podman rm -f -t 0 "$MACHINE" >/dev/null 2>&1 || true
 	fi
