@@ -68,6 +68,7 @@ main() {
 		shift
 	done
 
+	require_systemd
 	if is_root && command -v dpkg-query >/dev/null; then
 		ensure_packages
 	fi

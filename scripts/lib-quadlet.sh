@@ -23,11 +23,15 @@ version_ge() { printf '%s\n' "$2" "$1" | sort -V -C; }
 
 podman_version() { podman --version 2>/dev/null | awk '{ print $NF }'; }
 
+require_systemd() {
+	systemd_pid1 ||
+		die "systemd is not running as PID 1 here: the Quadlet deployment needs it (use scripts/start.sh instead)"
+}
+
 # The host must run systemd and a Podman with Quadlet.
 require_quadlet_host() {
 	local version
-	systemd_pid1 ||
-		die "systemd is not running as PID 1 here: the Quadlet deployment needs it (use scripts/start.sh instead)"
+	require_systemd
 	command -v podman >/dev/null || die "podman is not installed (Podman >= $PODMAN_MIN_VERSION needed)"
 	version=$(podman_version)
 	version_ge "$version" "$PODMAN_MIN_VERSION" ||
