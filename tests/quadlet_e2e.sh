@@ -38,21 +38,10 @@ MACHINE=ci-quadlet-e2e-$$
 # The service user's home in the machine: on a volume, so that rootless Podman
 # there has a real filesystem (not overlay) under its storage.
 MACHINE_HOME=/var/lib/code-interpreter
-INPUT_PATHS=(quadlet containerfiles scripts src tests/quadlet_e2e.sh config.toml Cargo.toml Cargo.lock)
+INPUT_PATHS=(quadlet containerfiles scripts src tests/quadlet_e2e.sh tests/checks.sh config.toml Cargo.toml Cargo.lock)
 
-passed=0
-failed=0
-check() { # check NAME COMMAND... — runs one check and counts it
-	local name=$1
-	shift
-	if "$@"; then
-		passed=$((passed + 1))
-		log "ok - $name"
-	else
-		failed=$((failed + 1))
-		log "FAILED - $name"
-	fi
-}
+# shellcheck source=tests/checks.sh
+source "$REPO/tests/checks.sh"
 
 elapsed() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 

@@ -24,19 +24,8 @@ PODMAN44_CONTAINER_KEYS=" AddCapability AddDevice Annotation ContainerName DropC
 	RunInit Timezone User Volume VolatileTmp "
 PODMAN44_VOLUME_KEYS=" Copy Device Group Label Options Type User "
 
-passed=0
-failed=0
-check() { # check NAME COMMAND... — runs one check and counts it
-	local name=$1
-	shift
-	if "$@"; then
-		passed=$((passed + 1))
-		log "ok - $name"
-	else
-		failed=$((failed + 1))
-		log "FAILED - $name"
-	fi
-}
+# shellcheck source=tests/checks.sh
+source "$REPO/tests/checks.sh"
 
 TMP=$(mktemp -d /tmp/quadlet-units.XXXXXX)
 trap 'rm -rf "$TMP"' EXIT
