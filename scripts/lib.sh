@@ -179,6 +179,11 @@ stop_pid() {
 # --- host detection -----------------------------------------------------------
 
 cgroup_v2() { [[ $(stat -fc %T /sys/fs/cgroup 2>/dev/null) == cgroup2fs ]]; }
+# Controllers systemd delegates to the service user's manager (cgroup v2 with a
+# running user@UID.service; empty otherwise).
+user_delegated_controllers() {
+	cat "/sys/fs/cgroup/user.slice/user-$SVC_UID.slice/user@$SVC_UID.service/cgroup.controllers" 2>/dev/null || true
+}
 systemd_pid1() { [[ -d /run/systemd/system ]]; }
 # A systemd user manager we can talk to (lingering user, logind running).
 user_systemd() {
@@ -318,6 +323,12 @@ driver = \"overlay\""
 	fi
 	local content ulimits
 	ulimits=$(default_ulimits_line)
+	# Podman 5 gives every container a pids limit of 2048 by default, and with
+	# no pids controller every container then fails to start ("controller
+	# pids is not available").
+	if cgroup_v2 && [[ " $(user_delegated_controllers) " != *" pids "* ]]; then
+		ulimits+=$'\n# cgroup v2 without a delegated pids controller: no default pids limit\npids_limit = 0'
+	fi
 	content="# Written by code-interpreter scripts/lib.sh (ensure_podman_config).
 [containers]
 $ulimits
@@ -477,9 +488,12 @@ worker_inputs_hash() {
 	} | sha256sum | cut -c1-64
 }
 
-worker_image_label() {
-	svc_podman image inspect --format "{{index .Labels \"$INPUTS_LABEL\"}}" "$WORKER_IMAGE" 2>/dev/null || true
+# image_inputs_label IMAGE: the inputs hash IMAGE was built from (empty if none).
+image_inputs_label() {
+	svc_podman image inspect --format "{{index .Labels \"$INPUTS_LABEL\"}}" "$1" 2>/dev/null || true
 }
+
+worker_image_label() { image_inputs_label "$WORKER_IMAGE"; }
 
 ensure_worker_image() {
 	local hash old_id

@@ -8,6 +8,11 @@
 #    private rootful Podman (tests/rootful_podman.sh) also runs, so the
 #    limits tests prove cgroup enforcement where rootless cannot have it.
 # 3. tests/e2e_scripts.sh: the README's flow (start.sh, curl, stop.sh).
+# 4. tests/quadlet_units.sh: the Quadlet units through Quadlet's generator and
+#    systemd-analyze verify (fast).
+# 5. tests/quadlet_e2e.sh: the README's "Deploy on a server" under systemd and
+#    Podman 5 in a trixie machine container (root only; skipped when its inputs
+#    are unchanged since its last pass here).
 #
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
@@ -34,6 +39,16 @@ main() {
 
 	log "== end-to-end through the README's scripts"
 	bash "$REPO/tests/e2e_scripts.sh"
+
+	log "== Quadlet units"
+	bash "$REPO/tests/quadlet_units.sh"
+
+	log "== Quadlet deployment end to end (systemd + Podman 5)"
+	if is_root; then
+		bash "$REPO/tests/quadlet_e2e.sh"
+	else
+		log "skipped: tests/quadlet_e2e.sh needs root (it starts a rootful container)"
+	fi
 }
 
 main "$@"

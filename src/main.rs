@@ -2,7 +2,8 @@
 //!
 //! The binary has two jobs: `serve` runs the HTTP gateway that hands each user
 //! their own IPython kernel in a rootless Podman container, and `token` prints
-//! the API token that clients must send as `X-Auth-Token`.
+//! the API token that clients must send as `X-Auth-Token`. `healthcheck` is the
+//! gateway container's health check (its image has no curl).
 
 mod api;
 mod auth;
@@ -17,8 +18,10 @@ mod sessions;
 mod state;
 mod worker;
 
-use std::io::IsTerminal;
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -38,6 +41,8 @@ enum Command {
     Serve,
     /// Print the API token (creating it on first use).
     Token,
+    /// Exit 0 if the gateway at the configured address answers `GET /health` with 200.
+    Healthcheck,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +53,7 @@ fn main() -> anyhow::Result<()> {
             println!("{}", auth::Token::load_or_create(&config)?.reveal());
             Ok(())
         }
+        Command::Healthcheck => healthcheck(config.server.listen),
         Command::Serve => {
             tracing_subscriber::fmt()
                 .with_env_filter(
@@ -61,5 +67,72 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             runtime.block_on(server::run(config))
         }
+    }
+}
+
+/// GETs `/health` of the gateway listening on `listen` (a wildcard address
+/// means this host) over a plain `TcpStream` and checks for status 200.
+fn healthcheck(listen: SocketAddr) -> anyhow::Result<()> {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let timeout = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut status_line = String::new();
+    BufReader::new(stream).read_line(&mut status_line)?;
+    let status_line = status_line.trim_end();
+    anyhow::ensure!(
+        status_line.split(' ').nth(1) == Some("200"),
+        "http://{addr}/health answered {status_line:?}"
+    );
+    println!("healthy: http://{addr}/health");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    /// A one-shot server on a free loopback port answering with `status_line`.
+    fn serve_once(status_line: &'static str) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let n = conn.read(&mut request).unwrap();
+            assert!(request[..n].starts_with(b"GET /health HTTP/1.1\r\n"));
+            write!(conn, "{status_line}\r\ncontent-length: 0\r\n\r\n").unwrap();
+        });
+        addr
+    }
+
+    #[test]
+    fn healthcheck_accepts_200_only() {
+        assert!(healthcheck(serve_once("HTTP/1.1 200 OK")).is_ok());
+        assert!(healthcheck(serve_once("HTTP/1.1 503 Service Unavailable")).is_err());
+    }
+
+    #[test]
+    fn healthcheck_maps_wildcard_to_loopback_and_fails_when_nothing_listens() {
+        let port = serve_once("HTTP/1.1 200 OK").port();
+        assert!(healthcheck(SocketAddr::from(([0, 0, 0, 0], port))).is_ok());
+        let closed = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert!(healthcheck(closed).is_err());
     }
 }

@@ -1,0 +1,160 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034 # constants for the scripts that source this file
+# lib-quadlet.sh — steps of the systemd (Quadlet) deployment, sourced after
+# scripts/lib.sh by scripts/install.sh, scripts/uninstall.sh and the tests.
+# Like lib.sh: each step prints one line and skips itself when already done.
+
+GATEWAY_IMAGE=localhost/code-interpreter-gateway:latest
+GATEWAY_CONTAINER=code-interpreter
+GATEWAY_UNIT=code-interpreter.service
+GATEWAY_LABEL=io.code-interpreter.gateway
+STATE_VOLUME=systemd-code-interpreter-state
+PODMAN_MIN_VERSION=4.4.0
+# Where the unit publishes the API (PublishPort in quadlet/code-interpreter.container).
+UNIT_URL=http://127.0.0.1:3874
+
+quadlet_dir() { echo "$SVC_HOME/.config/containers/systemd"; }
+
+# svc_systemctl ARGS...: systemctl --user of the service user's manager.
+svc_systemctl() { svc_run systemctl --user "$@"; }
+
+# version_ge A B: version A >= version B.
+version_ge() { printf '%s\n' "$2" "$1" | sort -V -C; }
+
+podman_version() { podman --version 2>/dev/null | awk '{ print $NF }'; }
+
+require_systemd() {
+	systemd_pid1 ||
+		die "systemd is not running as PID 1 here: the Quadlet deployment needs it (use scripts/start.sh instead)"
+}
+
+# The host must run systemd and a Podman with Quadlet.
+require_quadlet_host() {
+	local version
+	require_systemd
+	command -v podman >/dev/null || die "podman is not installed (Podman >= $PODMAN_MIN_VERSION needed)"
+	version=$(podman_version)
+	version_ge "$version" "$PODMAN_MIN_VERSION" ||
+		die "Podman $version has no Quadlet: Podman >= $PODMAN_MIN_VERSION needed (on Debian 12, use scripts/start.sh)"
+	log "host: systemd, Podman $version"
+}
+
+# Lingering gives the user a systemd manager (started at boot) and a D-Bus.
+ensure_user_manager() {
+	if ! wait_for 15 user_systemd; then
+		die "no systemd user manager with a D-Bus for $SVC_USER after 15 s (linger enabled? dbus-user-session installed?)"
+	fi
+	log "service user: systemd user manager running"
+}
+
+# Rootless containers get cgroup limits only from controllers that systemd
+# delegates to the user; say so loudly when it does not.
+warn_undelegated_controllers() {
+	local have missing=() c
+	if ! cgroup_v2; then
+		warn "cgroup v1: memory, pids and cpu limits of rootless containers are NOT enforced on this host (cgroup v2 needed)"
+		return 0
+	fi
+	have=" $(user_delegated_controllers) "
+	for c in memory pids cpu; do
+		[[ $have == *" $c "* ]] || missing+=("$c")
+	done
+	if ((${#missing[@]} == 0)); then
+		log "host: cgroup v2, controllers delegated to $SVC_USER:$have"
+		return 0
+	fi
+	warn "cgroup v2 controllers NOT delegated to $SVC_USER: ${missing[*]}. Container limits would not be enforced.
+  To delegate them (as root): mkdir -p /etc/systemd/system/user@.service.d && \\
+    printf '[Service]\\nDelegate=cpu cpuset io memory pids\\n' >/etc/systemd/system/user@.service.d/delegate.conf && \\
+    systemctl daemon-reload && systemctl restart user@$SVC_UID.service"
+}
+
+# The scripts/start.sh gateway and the unit would share port and workers.
+stop_script_gateway() {
+	if gateway_pid >/dev/null; then
+		warn "the gateway started by scripts/start.sh is running: stopping it (the systemd unit replaces it)"
+		stop_gateway
+	fi
+}
+
+# sha256 of what the gateway image is made of: its Containerfile, the binary
+# and the base image.
+gateway_inputs_hash() {
+	{
+		sha256sum <"$REPO/containerfiles/gateway.Containerfile"
+		sha256sum <"$1"
+		svc_podman image inspect --format '{{.Id}}' "$BASE_IMAGE"
+	} | sha256sum | cut -c1-64
+}
+
+# ensure_gateway_image BINARY: the gateway image from a binary built on the
+# host, offline (COPY onto the base image); skipped when its inputs are unchanged.
+ensure_gateway_image() {
+	local bin=$1 hash tmp old_id rc=0
+	[[ -x $bin ]] || die "gateway binary $bin does not exist"
+	hash=$(gateway_inputs_hash "$bin")
+	if [[ $(image_inputs_label "$GATEWAY_IMAGE") == "$hash" ]]; then
+		log "gateway image: $GATEWAY_IMAGE up to date (inputs ${hash:0:12})"
+		return 0
+	fi
+	log "gateway image: building $GATEWAY_IMAGE from $bin (inputs ${hash:0:12})"
+	old_id=$(svc_podman image inspect --format '{{.Id}}' "$GATEWAY_IMAGE" 2>/dev/null || true)
+	# The context is a directory of the service user's (the repo may be unreadable to it).
+	tmp=$(svc_run mktemp -d /var/tmp/code-interpreter-gateway.XXXXXX)
+	svc_write "$tmp/gateway.Containerfile" <"$REPO/containerfiles/gateway.Containerfile"
+	svc_write "$tmp/code-interpreter" <"$bin"
+	svc_run chmod 0755 "$tmp/code-interpreter"
+	svc_podman build --pull=never --format docker -f "$tmp/gateway.Containerfile" \
+		--label "$INPUTS_LABEL=$hash" -t "$GATEWAY_IMAGE" "$tmp" >"$CI_STATE/gateway-build.log" 2>&1 || rc=$?
+	svc_run rm -rf "$tmp"
+	if ((rc != 0)); then
+		tail -n 20 "$CI_STATE/gateway-build.log" >&2
+		die "gateway image build failed (log: $CI_STATE/gateway-build.log)"
+	fi
+	if [[ -n $old_id ]]; then
+		svc_podman rmi "$old_id" >/dev/null 2>&1 || true
+	fi
+	log "gateway image: built"
+}
+
+# ensure_gateway_image_from_source: the same image compiled inside a Rust
+# image (the Containerfile's "from-source" target); needs a reachable registry.
+ensure_gateway_image_from_source() {
+	local tmp rc=0
+	log "gateway image: building $GATEWAY_IMAGE from source in a Rust container (needs a registry)"
+	tmp=$(svc_run mktemp -d /var/tmp/code-interpreter-gateway.XXXXXX)
+	tar -C "$REPO" -c Cargo.toml Cargo.lock src containerfiles/gateway.Containerfile | svc_run tar -C "$tmp" -x
+	svc_podman build --format docker --target from-source \
+		-f "$tmp/containerfiles/gateway.Containerfile" -t "$GATEWAY_IMAGE" "$tmp" || rc=$?
+	svc_run rm -rf "$tmp"
+	((rc == 0)) || die "gateway image build from source failed"
+	log "gateway image: built from source"
+}
+
+# The repo's config.toml, unless the service user already has one (theirs wins).
+install_config() {
+	if [[ -f $CI_CONFIG ]]; then
+		log "config: keeping $CI_CONFIG"
+	else
+		install_svc_file "$REPO/config.toml" "$CI_CONFIG" 0600
+	fi
+}
+
+# The units of quadlet/ into the user's Quadlet directory, then a daemon-reload
+# (which runs the generator); fails if the generator made no service.
+install_units() {
+	local unit dir
+	dir=$(quadlet_dir)
+	svc_run mkdir -p "$dir"
+	for unit in "$REPO"/quadlet/*.container "$REPO"/quadlet/*.volume; do
+		install_svc_file "$unit" "$dir/${unit##*/}" 0644
+	done
+	svc_systemctl daemon-reload
+	svc_systemctl cat "$GATEWAY_UNIT" >/dev/null 2>&1 ||
+		die "systemd has no $GATEWAY_UNIT after daemon-reload: Quadlet rejected the units (see: /usr/libexec/podman/quadlet -dryrun -user)"
+	log "units: installed in $dir, $GATEWAY_UNIT generated"
+}
+
+unit_healthy() { curl -fsS --max-time 2 "$UNIT_URL/health" >/dev/null 2>&1; }
+
+gateway_containers() { svc_podman ps -aq --filter "label=$GATEWAY_LABEL"; }
