@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::kernel::{ExecuteError, Execution};
+use crate::kernel::client::OutputSink;
+use crate::kernel::{ExecuteError, Execution, KernelClient};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, TakeError};
 use crate::state::{unix_now, Registry};
@@ -30,6 +31,10 @@ pub enum SessionError {
     WorkerUnavailable(String),
     /// Too many requests of this user are already waiting.
     QueueFull(usize),
+    /// The user has no live session (and the operation does not start one).
+    NoSession,
+    /// The client went away and the interrupted kernel did not stop; reset.
+    Abandoned,
 }
 
 /// The result of one execution.
@@ -42,7 +47,8 @@ pub struct Outcome {
 
 /// One user's session.
 struct Session {
-    worker: tokio::sync::Mutex<Option<Worker>>,
+    /// The session's worker; its lock orders the user's requests (FIFO).
+    worker: Arc<tokio::sync::Mutex<Option<Worker>>>,
     /// Requests of this user running or waiting.
     pending: AtomicUsize,
     created: Instant,
@@ -96,24 +102,74 @@ impl Sessions {
         }
     }
 
-    /// Runs `code` in `user`'s kernel, waiting behind the user's earlier requests.
+    /// Runs `code` in `user`'s kernel, waiting behind the user's earlier
+    /// requests. With a `sink`, outputs are also streamed there as they come.
     pub async fn execute(
         &self,
         user: &str,
         code: &str,
         timeout: Duration,
+        sink: Option<OutputSink>,
     ) -> Result<Outcome, SessionError> {
-        let session = self.session(user);
-        let pending = session.pending.fetch_add(1, Ordering::SeqCst);
-        let _pending = Decrement(&session.pending);
-        if pending > self.max_queue {
+        let mut lease = self.lease(user, true).await?;
+        let session_created = lease.session_created;
+        self.busy.fetch_add(1, Ordering::SeqCst);
+        let _busy = Decrement(&self.busy);
+        Metrics::bump(&self.metrics.executions);
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let kernel = &mut lease.worker_mut().kernel;
+        let result = kernel
+            .execute(code, deadline, self.max_output_bytes, sink.as_ref())
+            .await;
+        let execution = self.settle(&mut lease, result, timeout)?;
+        if execution.status != "ok" {
+            Metrics::bump(&self.metrics.execution_errors);
+        }
+        Ok(Outcome {
+            execution,
+            session_created,
+            duration: started.elapsed(),
+        })
+    }
+
+    /// Runs `operation` on `user`'s kernel, in turn with the user's other
+    /// requests (the file API). Without `create`, a user with no live session
+    /// gets `NoSession` instead of a fresh kernel. `timeout` is what the
+    /// operation allows each kernel call (for the error message).
+    pub async fn with_kernel<T>(
+        &self,
+        user: &str,
+        create: bool,
+        timeout: Duration,
+        operation: impl AsyncFnOnce(&mut KernelClient) -> Result<T, ExecuteError>,
+    ) -> Result<T, SessionError> {
+        let mut lease = self.lease(user, create).await?;
+        let result = operation(&mut lease.worker_mut().kernel).await;
+        self.settle(&mut lease, result, timeout)
+    }
+
+    /// Waits for `user`'s turn and hands out their worker, taking a fresh one
+    /// from the pool when the session has none (and `create` allows it).
+    async fn lease(&self, user: &str, create: bool) -> Result<Lease, SessionError> {
+        let session = if create {
+            self.session(user)
+        } else {
+            let existing = self.table.lock().unwrap().get(user).cloned();
+            existing.ok_or(SessionError::NoSession)?
+        };
+        let waiting = session.pending.fetch_add(1, Ordering::SeqCst);
+        let pending = Pending(Arc::clone(&session));
+        if waiting > self.max_queue {
             return Err(SessionError::QueueFull(self.max_queue));
         }
-        let mut slot = session.worker.lock().await;
-        let _touch = Touch(&session.last_used);
+        let mut slot = Arc::clone(&session.worker).lock_owned().await;
         self.discard_if_dead(&mut slot);
         let session_created = slot.is_none();
         if session_created {
+            if !create {
+                return Err(SessionError::NoSession);
+            }
             let worker = self.pool.take().await.map_err(|e| match e {
                 TakeError::Full => SessionError::Full,
                 TakeError::Failed(e) => SessionError::WorkerUnavailable(format!("{e:#}")),
@@ -123,43 +179,42 @@ impl Sessions {
             Metrics::bump(&self.metrics.sessions_created);
             *slot = Some(worker);
         }
-        let worker = slot.as_mut().expect("slot was just filled");
-        self.busy.fetch_add(1, Ordering::SeqCst);
-        let _busy = Decrement(&self.busy);
-        Metrics::bump(&self.metrics.executions);
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + timeout;
-        match worker
-            .kernel
-            .execute(code, deadline, self.max_output_bytes)
-            .await
-        {
-            Ok(execution) => {
-                if execution.status != "ok" {
-                    Metrics::bump(&self.metrics.execution_errors);
-                }
-                Ok(Outcome {
-                    execution,
-                    session_created,
-                    duration: started.elapsed(),
-                })
+        Ok(Lease {
+            slot,
+            session_created,
+            _pending: pending,
+        })
+    }
+
+    /// Passes a result through; on failure destroys the worker (it is suspect
+    /// whatever happened) so the user's next request starts afresh.
+    fn settle<T>(
+        &self,
+        lease: &mut Lease,
+        result: Result<T, ExecuteError>,
+        timeout: Duration,
+    ) -> Result<T, SessionError> {
+        let failure = match result {
+            Ok(value) => return Ok(value),
+            Err(failure) => failure,
+        };
+        let worker = lease.slot.take().expect("a lease holds a worker");
+        tracing::warn!(worker = worker.id, "destroying worker: {failure:?}");
+        self.pool.destroy(worker.into_remains());
+        Err(match failure {
+            ExecuteError::Timeout => {
+                Metrics::bump(&self.metrics.timeouts);
+                SessionError::Timeout(timeout)
             }
-            Err(failure) => {
-                let worker = slot.take().expect("slot holds the worker");
-                tracing::warn!(worker = worker.id, "destroying worker: {failure:?}");
-                self.pool.destroy(worker.into_remains());
-                Err(match failure {
-                    ExecuteError::Timeout => {
-                        Metrics::bump(&self.metrics.timeouts);
-                        SessionError::Timeout(timeout)
-                    }
-                    ExecuteError::Kernel(e) => {
-                        Metrics::bump(&self.metrics.kernel_failures);
-                        SessionError::KernelFailed(format!("{e:#}"))
-                    }
-                })
+            ExecuteError::Kernel(e) => {
+                Metrics::bump(&self.metrics.kernel_failures);
+                SessionError::KernelFailed(format!("{e:#}"))
             }
-        }
+            ExecuteError::Abandoned => {
+                Metrics::bump(&self.metrics.abandoned);
+                SessionError::Abandoned
+            }
+        })
     }
 
     /// Restores a session a previous run of the gateway had, with its worker.
@@ -169,7 +224,7 @@ impl Sessions {
         self.table.lock().unwrap().insert(
             user.to_string(),
             Arc::new(Session {
-                worker: tokio::sync::Mutex::new(Some(worker)),
+                worker: Arc::new(tokio::sync::Mutex::new(Some(worker))),
                 pending: AtomicUsize::new(0),
                 created,
                 last_used: Mutex::new(Instant::now()),
@@ -250,7 +305,7 @@ impl Sessions {
         let mut table = self.table.lock().unwrap();
         Arc::clone(table.entry(user.to_string()).or_insert_with(|| {
             Arc::new(Session {
-                worker: tokio::sync::Mutex::new(None),
+                worker: Arc::new(tokio::sync::Mutex::new(None)),
                 pending: AtomicUsize::new(0),
                 created: Instant::now(),
                 last_used: Mutex::new(Instant::now()),
@@ -259,12 +314,28 @@ impl Sessions {
     }
 }
 
-/// Marks the session used when the request ends (also when cancelled).
-struct Touch<'a>(&'a Mutex<Instant>);
+/// A user's worker, held exclusively for one request.
+struct Lease {
+    slot: tokio::sync::OwnedMutexGuard<Option<Worker>>,
+    /// True when the worker was taken from the pool for this request.
+    session_created: bool,
+    _pending: Pending,
+}
 
-impl Drop for Touch<'_> {
+impl Lease {
+    fn worker_mut(&mut self) -> &mut Worker {
+        self.slot.as_mut().expect("a lease holds a worker")
+    }
+}
+
+/// Counts a request of the session as pending until dropped, then marks the
+/// session used (also when the request is cancelled).
+struct Pending(Arc<Session>);
+
+impl Drop for Pending {
     fn drop(&mut self) {
-        *self.0.lock().unwrap() = Instant::now();
+        *self.0.last_used.lock().unwrap() = Instant::now();
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

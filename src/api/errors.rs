@@ -11,6 +11,8 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 use warp::{Rejection, Reply};
 
+use crate::sessions::SessionError;
+
 /// An API failure with the status code it maps to.
 #[derive(Debug)]
 pub struct ApiError {
@@ -64,6 +66,50 @@ impl Reply for ApiError {
                 .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(error: SessionError) -> Self {
+        match error {
+        SessionError::Timeout(after) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "execution exceeded the {:.1} s timeout; the session was reset",
+                after.as_secs_f64()
+            ),
+        )
+        .with_session_reset(),
+        SessionError::KernelFailed(why) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("the kernel failed ({why}); the session was reset"),
+        )
+        .with_session_reset(),
+        SessionError::Full => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "all workers are in use; try again later",
+        )
+        .with_retry_after(5),
+        SessionError::WorkerUnavailable(why) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("could not start a worker: {why}"),
+        )
+        .with_retry_after(5),
+        SessionError::QueueFull(max) => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("more than {max} requests of this user are already waiting"),
+        )
+        .with_retry_after(1),
+        SessionError::NoSession => ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no session for this user (run code first)",
+        ),
+        SessionError::Abandoned => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "the client went away and the interrupted kernel did not stop; the session was reset",
+        )
+        .with_session_reset(),
+    }
     }
 }
 

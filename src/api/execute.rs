@@ -1,4 +1,4 @@
-//! `POST /execute`: run code in the caller's session.
+//! `POST /execute`: run code in the caller's session and answer when done.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,9 +10,29 @@ use warp::Reply;
 use super::errors::ApiError;
 use super::models::{validate_user, ExecuteRequest, ExecuteResponse};
 use super::AppState;
-use crate::sessions::SessionError;
 
 pub async fn handle(state: Arc<AppState>, request: ExecuteRequest) -> Result<Response, ApiError> {
+    let timeout = prepare(&state, &request)?;
+    // Run detached: a client that hangs up must not leave the kernel half-read.
+    let task_state = Arc::clone(&state);
+    let outcome = tokio::spawn(async move {
+        task_state
+            .sessions
+            .execute(&request.user_uuid, &request.code, timeout, None)
+            .await
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("execution task failed: {e}"),
+        )
+    })??;
+    Ok(warp::reply::json(&ExecuteResponse::from(outcome)).into_response())
+}
+
+/// Checks an execute request; returns its effective timeout.
+pub fn prepare(state: &AppState, request: &ExecuteRequest) -> Result<Duration, ApiError> {
     validate_user(&request.user_uuid).map_err(ApiError::bad_request)?;
     if request.code.trim().is_empty() {
         return Err(ApiError::bad_request("code must not be empty"));
@@ -24,40 +44,7 @@ pub async fn handle(state: Arc<AppState>, request: ExecuteRequest) -> Result<Res
             format!("code is {} bytes; the limit is {limit}", request.code.len()),
         ));
     }
-    let timeout = effective_timeout(request.timeout, state.config.max_timeout())?;
-    // Run detached: a client that hangs up must not leave the kernel half-read.
-    let task_state = Arc::clone(&state);
-    let outcome = tokio::spawn(async move {
-        task_state
-            .sessions
-            .execute(&request.user_uuid, &request.code, timeout)
-            .await
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("execution task failed: {e}"),
-        )
-    })?
-    .map_err(session_error)?;
-    let execution = outcome.execution;
-    let body = ExecuteResponse {
-        result_text: execution.result_text(),
-        result_base64: execution.result_base64(),
-        status: if execution.status == "ok" {
-            "ok".into()
-        } else {
-            "error".into()
-        },
-        error: execution.error().cloned(),
-        execution_count: execution.execution_count,
-        duration_ms: outcome.duration.as_millis() as u64,
-        session_created: outcome.session_created,
-        output_truncated: execution.truncated(),
-        outputs: execution.outputs,
-    };
-    Ok(warp::reply::json(&body).into_response())
+    effective_timeout(request.timeout, state.config.max_timeout())
 }
 
 /// The request's timeout, capped by the configured one.
@@ -68,39 +55,6 @@ fn effective_timeout(requested: Option<f64>, max: Duration) -> Result<Duration, 
         Some(_) => Err(ApiError::bad_request(
             "timeout must be a positive number of seconds",
         )),
-    }
-}
-
-fn session_error(error: SessionError) -> ApiError {
-    match error {
-        SessionError::Timeout(after) => ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "execution exceeded the {:.1} s timeout; the session was reset",
-                after.as_secs_f64()
-            ),
-        )
-        .with_session_reset(),
-        SessionError::KernelFailed(why) => ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            format!("the kernel failed ({why}); the session was reset"),
-        )
-        .with_session_reset(),
-        SessionError::Full => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "all workers are in use; try again later",
-        )
-        .with_retry_after(5),
-        SessionError::WorkerUnavailable(why) => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("could not start a worker: {why}"),
-        )
-        .with_retry_after(5),
-        SessionError::QueueFull(max) => ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("more than {max} requests of this user are already waiting"),
-        )
-        .with_retry_after(1),
     }
 }
 

@@ -7,9 +7,11 @@
 mod body;
 mod errors;
 mod execute;
+mod files;
 pub mod models;
 mod release;
 mod status;
+mod stream;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -66,6 +68,12 @@ pub fn routes(
         .and(with_state.clone())
         .and(body::json(limit))
         .then(|state, request| async move { respond(execute::handle(state, request).await) });
+    let execute_stream = warp::path!("execute" / "stream")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(with_state.clone())
+        .and(body::json(limit))
+        .then(|state, request| async move { respond(stream::handle(state, request).await) });
     let release = warp::path!("release")
         .and(warp::post())
         .and(auth.clone())
@@ -74,16 +82,58 @@ pub fn routes(
         .then(|state, request| async move { respond(release::handle(state, request).await) });
     let status = warp::path!("status")
         .and(warp::get())
-        .and(auth)
-        .and(with_state)
+        .and(auth.clone())
+        .and(with_state.clone())
         .map(status::handle);
 
+    // The file API: `/files` lists, `/files/{path}` is one file.
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    let tail = warp::path::tail().map(|tail: warp::path::Tail| tail.as_str().to_string());
+    let file_routes = warp::path("files").and(auth).and(with_state);
+    let list = file_routes
+        .clone()
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(query.clone())
+        .then(|state, query| async move { respond(files::list(state, query).await) });
+    let download = file_routes
+        .clone()
+        .and(tail.clone())
+        .and(warp::get())
+        .and(query.clone())
+        .then(
+            |state, path, query| async move { respond(files::download(state, path, query).await) },
+        );
+    let upload = file_routes
+        .clone()
+        .and(tail.clone())
+        .and(warp::put())
+        .and(query.clone())
+        .and(warp::body::stream())
+        .then(|state, path, query, body| async move {
+            respond(files::upload(state, path, query, body).await)
+        });
+    let delete =
+        file_routes.and(tail).and(warp::delete()).and(query).then(
+            |state, path, query| async move { respond(files::delete(state, path, query).await) },
+        );
+
     health
+        .or(execute_stream)
+        .unify()
         .or(execute)
         .unify()
         .or(release)
         .unify()
         .or(status)
+        .unify()
+        .or(list)
+        .unify()
+        .or(download)
+        .unify()
+        .or(upload)
+        .unify()
+        .or(delete)
         .unify()
         .recover(errors::recover)
         .unify()

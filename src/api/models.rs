@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::kernel::outputs::{ErrorInfo, Output};
+use crate::sessions::Outcome;
 
 /// Longest accepted `user_uuid`, in bytes.
 pub const MAX_USER_ID_BYTES: usize = 256;
@@ -41,6 +42,28 @@ pub struct ExecuteResponse {
     pub session_created: bool,
     /// True when output past the configured cap was dropped.
     pub output_truncated: bool,
+}
+
+impl From<Outcome> for ExecuteResponse {
+    fn from(outcome: Outcome) -> Self {
+        let execution = outcome.execution;
+        Self {
+            result_text: execution.result_text(),
+            result_base64: execution.result_base64(),
+            status: if execution.status == "ok" {
+                "ok"
+            } else {
+                "error"
+            }
+            .into(),
+            error: execution.error().cloned(),
+            execution_count: execution.execution_count,
+            duration_ms: outcome.duration.as_millis() as u64,
+            session_created: outcome.session_created,
+            output_truncated: execution.truncated(),
+            outputs: execution.outputs,
+        }
+    }
 }
 
 /// `POST /release`'s answer.

@@ -8,14 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket};
 
-use super::connection::{ConnectionInfo, IOPUB, SHELL};
+use super::connection::{ConnectionInfo, CONTROL, IOPUB, SHELL};
 use super::heartbeat::{self, Liveness};
-use super::outputs::Execution;
+use super::outputs::{Execution, Output};
 use super::wire::{Codec, Message};
 
 /// Why an execution did not produce a result. Either way the kernel is suspect.
@@ -25,13 +25,22 @@ pub enum ExecuteError {
     Timeout,
     /// The kernel stopped answering or sent garbage.
     Kernel(anyhow::Error),
+    /// The client went away and the kernel did not stop when interrupted.
+    Abandoned,
 }
+
+/// Where a streaming execution's outputs go as they arrive.
+pub type OutputSink = tokio::sync::mpsc::UnboundedSender<Output>;
+
+/// How long an interrupted kernel may take to stop before it is given up on.
+const ABANDON_GRACE: Duration = Duration::from_secs(2);
 
 /// A connected kernel.
 pub struct KernelClient {
     codec: Codec,
     shell: DealerSocket,
     iopub: SubSocket,
+    control: DealerSocket,
     liveness: Arc<Liveness>,
     watcher: JoinHandle<()>,
 }
@@ -60,12 +69,18 @@ impl KernelClient {
                 .await
                 .context("connecting iopub")?;
             iopub.subscribe("").await.context("subscribing to iopub")?;
+            let mut control = DealerSocket::new();
+            control
+                .connect(&info.endpoint(CONTROL))
+                .await
+                .context("connecting control")?;
             let liveness = Arc::new(Liveness::default());
             let watcher = heartbeat::watch(info, Arc::clone(&liveness)).await?;
             anyhow::Ok(Self {
                 codec: Codec::new(&info.key),
                 shell,
                 iopub,
+                control,
                 liveness,
                 watcher,
             })
@@ -116,22 +131,55 @@ impl KernelClient {
     }
 
     /// Runs `code`; returns when the kernel is idle again or `deadline` passes.
+    /// With a `sink`, every output is also sent there as it arrives; if the
+    /// sink's receiver goes away (the client hung up), the kernel is
+    /// interrupted, and given up on when it does not stop within `ABANDON_GRACE`.
     pub async fn execute(
         &mut self,
         code: &str,
         deadline: Instant,
         max_output_bytes: usize,
+        sink: Option<&OutputSink>,
     ) -> Result<Execution, ExecuteError> {
-        let liveness = Arc::clone(&self.liveness);
-        let run = async {
-            tokio::select! {
-                result = self.run(code, max_output_bytes) => result,
-                reason = liveness.dead() => Err(anyhow!(reason)),
-            }
-        };
-        match tokio::time::timeout_at(deadline, run).await {
-            Ok(result) => result.map_err(ExecuteError::Kernel),
-            Err(_) => Err(ExecuteError::Timeout),
+        let content = json!({
+            "code": code,
+            "silent": false,
+            "store_history": true,
+            "user_expressions": {},
+            "allow_stdin": false,
+            "stop_on_error": true,
+        });
+        let (execution, _) = self
+            .bounded(content, deadline, max_output_bytes, sink)
+            .await?;
+        Ok(execution)
+    }
+
+    /// Evaluates `expression` in the user's namespace without a trace: a
+    /// silent execution (no history, no execution count, no outputs) whose
+    /// `user_expressions` carry the value's `text/plain` back.
+    pub async fn evaluate(
+        &mut self,
+        expression: &str,
+        deadline: Instant,
+    ) -> Result<String, ExecuteError> {
+        let content = json!({
+            "code": "",
+            "silent": true,
+            "store_history": false,
+            "user_expressions": {"r": expression},
+            "allow_stdin": false,
+            "stop_on_error": false,
+        });
+        let (_, reply) = self.bounded(content, deadline, 64 * 1024, None).await?;
+        let value = &reply["user_expressions"]["r"];
+        match value["data"]["text/plain"].as_str() {
+            Some(text) if value["status"] == "ok" => Ok(text.to_string()),
+            _ => Err(ExecuteError::Kernel(anyhow!(
+                "evaluating in the kernel failed: {}: {}",
+                value["ename"].as_str().unwrap_or("error"),
+                value["evalue"].as_str().unwrap_or("no value")
+            ))),
         }
     }
 
@@ -140,53 +188,102 @@ impl KernelClient {
         self.liveness.is_dead()
     }
 
-    async fn run(&mut self, code: &str, max_output_bytes: usize) -> Result<Execution> {
-        let (id, request) = self.codec.request(
-            "execute_request",
-            json!({
-                "code": code,
-                "silent": false,
-                "store_history": true,
-                "user_expressions": {},
-                "allow_stdin": false,
-                "stop_on_error": true,
-            }),
-        );
+    /// One execute_request, raced against the kernel's death and the deadline.
+    async fn bounded(
+        &mut self,
+        content: Value,
+        deadline: Instant,
+        max_output_bytes: usize,
+        sink: Option<&OutputSink>,
+    ) -> Result<(Execution, Value), ExecuteError> {
+        let liveness = Arc::clone(&self.liveness);
+        let run = async {
+            tokio::select! {
+                result = self.run(content, max_output_bytes, sink) => result,
+                reason = liveness.dead() => Err(ExecuteError::Kernel(anyhow!(reason))),
+            }
+        };
+        tokio::time::timeout_at(deadline, run)
+            .await
+            .unwrap_or(Err(ExecuteError::Timeout))
+    }
+
+    async fn run(
+        &mut self,
+        content: Value,
+        max_output_bytes: usize,
+        sink: Option<&OutputSink>,
+    ) -> Result<(Execution, Value), ExecuteError> {
+        let failed = |e: anyhow::Error| ExecuteError::Kernel(e);
+        let (id, request) = self.codec.request("execute_request", content);
         self.shell
             .send(request)
             .await
-            .context("sending execute_request")?;
+            .context("sending execute_request")
+            .map_err(failed)?;
         let mut execution = Execution::new(max_output_bytes);
         let mut reply: Option<Message> = None;
         let mut idle = false;
+        // Set once the client went away and the kernel was asked to stop.
+        let mut abandoned_at: Option<Instant> = None;
         while reply.is_none() || !idle {
             tokio::select! {
                 raw = self.iopub.recv() => {
-                    let message = self.codec.decode(raw.context("receiving from iopub")?)?;
+                    let raw = raw.context("receiving from iopub").map_err(failed)?;
+                    let message = self.codec.decode(raw).map_err(failed)?;
                     if message.parent_id() != id {
                         continue;
                     }
                     if message.msg_type() == "status" {
                         idle |= message.content["execution_state"] == "idle";
                     } else {
-                        execution.absorb(message.msg_type(), &message.content);
+                        execution.absorb(message.msg_type(), &message.content, sink);
                     }
                 }
                 raw = self.shell.recv(), if reply.is_none() => {
-                    let message = self.codec.decode(raw.context("receiving from shell")?)?;
+                    let raw = raw.context("receiving from shell").map_err(failed)?;
+                    let message = self.codec.decode(raw).map_err(failed)?;
                     if message.parent_id() == id && message.msg_type() == "execute_reply" {
                         reply = Some(message);
                     }
                 }
+                _ = listener_gone(sink), if abandoned_at.is_none() => {
+                    abandoned_at = Some(Instant::now());
+                    self.interrupt().await.map_err(failed)?;
+                }
+                _ = sleep_until_some(abandoned_at.map(|at| at + ABANDON_GRACE)) => {
+                    return Err(ExecuteError::Abandoned);
+                }
             }
         }
-        let reply = reply.expect("loop ends with a reply");
-        execution.status = reply.content["status"]
-            .as_str()
-            .unwrap_or("error")
-            .to_string();
-        execution.execution_count = reply.content["execution_count"].as_i64();
-        execution.finish();
-        Ok(execution)
+        let reply = reply.expect("loop ends with a reply").content;
+        execution.status = reply["status"].as_str().unwrap_or("error").to_string();
+        execution.execution_count = reply["execution_count"].as_i64();
+        execution.finish(sink);
+        Ok((execution, reply))
+    }
+
+    /// Asks the kernel to interrupt the running code (SIGINT: KeyboardInterrupt).
+    async fn interrupt(&mut self) -> Result<()> {
+        let (_, request) = self.codec.request("interrupt_request", json!({}));
+        self.control
+            .send(request)
+            .await
+            .context("sending interrupt_request")
+    }
+}
+
+/// Resolves when a sink's receiver is gone; never without a sink.
+async fn listener_gone(sink: Option<&OutputSink>) {
+    match sink {
+        Some(sink) => sink.closed().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

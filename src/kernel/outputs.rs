@@ -7,6 +7,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::client::OutputSink;
+
 /// One output of an execution, in the order the kernel produced it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -58,8 +60,9 @@ impl Execution {
         }
     }
 
-    /// Takes one IOPub message of this execution; ignores types that are not output.
-    pub fn absorb(&mut self, msg_type: &str, content: &Value) {
+    /// Takes one IOPub message of this execution; ignores types that are not
+    /// output. What is kept is also sent to `sink`, if any.
+    pub fn absorb(&mut self, msg_type: &str, content: &Value, sink: Option<&OutputSink>) {
         let output = match msg_type {
             "stream" => Output::Stream {
                 name: str_field(content, "name"),
@@ -94,10 +97,15 @@ impl Execution {
             }
             _ => return,
         };
-        self.push(output);
+        if let Some(kept) = self.push(output, sink.is_some()) {
+            if let Some(sink) = sink {
+                let _ = sink.send(kept);
+            }
+        }
     }
 
-    fn push(&mut self, mut output: Output) {
+    /// Keeps `output` within the cap; returns a copy of what was kept when asked.
+    fn push(&mut self, mut output: Output, copy: bool) -> Option<Output> {
         let size = output_size(&output);
         let room = self.max_bytes.saturating_sub(self.kept_bytes);
         if size > room {
@@ -113,38 +121,45 @@ impl Execution {
                 }
                 _ => {
                     self.dropped_bytes += size;
-                    return;
+                    return None;
                 }
             }
         }
         self.kept_bytes += output_size(&output);
+        let copied = copy.then(|| output.clone());
         // Kernels flush streams in chunks: merge consecutive chunks of one stream.
         if let (
             Some(Output::Stream {
                 name: last,
-                text: kept,
+                text: merged,
             }),
             Output::Stream { name, text },
         ) = (self.outputs.last_mut(), &output)
         {
             if last == name {
-                kept.push_str(text);
-                return;
+                merged.push_str(text);
+                return copied;
             }
         }
         self.outputs.push(output);
+        copied
     }
 
-    /// Adds the truncation marker, if anything was dropped. Call once, at the end.
-    pub fn finish(&mut self) {
+    /// Adds the truncation marker, if anything was dropped (also to `sink`).
+    /// Call once, at the end.
+    pub fn finish(&mut self, sink: Option<&OutputSink>) {
         if self.dropped_bytes > 0 {
-            self.outputs.push(Output::Stream {
+            let marker = Output::Stream {
                 name: "stderr".into(),
                 text: format!(
                     "\n[code-interpreter: output truncated, {} bytes dropped (limit {} bytes)]\n",
                     self.dropped_bytes, self.max_bytes
                 ),
-            });
+            };
+            if let Some(sink) = sink {
+                let _ = sink.send(marker.clone());
+            }
+            self.outputs.push(marker);
         }
     }
 
@@ -257,13 +272,14 @@ mod tests {
     #[test]
     fn streams_merge_and_results_follow_in_order() {
         let mut ex = Execution::new(1 << 20);
-        ex.absorb("stream", &json!({"name": "stdout", "text": "a\n"}));
-        ex.absorb("stream", &json!({"name": "stdout", "text": "b\n"}));
+        ex.absorb("stream", &json!({"name": "stdout", "text": "a\n"}), None);
+        ex.absorb("stream", &json!({"name": "stdout", "text": "b\n"}), None);
         ex.absorb(
             "execute_result",
             &json!({"execution_count": 3, "data": {"text/plain": "42"}, "metadata": {}}),
+            None,
         );
-        ex.absorb("status", &json!({"execution_state": "idle"}));
+        ex.absorb("status", &json!({"execution_state": "idle"}), None);
         assert_eq!(ex.outputs.len(), 2);
         assert_eq!(ex.result_text(), "a\nb\n42\n");
     }
@@ -288,10 +304,12 @@ mod tests {
         ex.absorb(
             "display_data",
             &json!({"data": {"image/png": "AAAA\n", "text/plain": "<Figure>"}, "metadata": {}}),
+            None,
         );
         ex.absorb(
             "display_data",
             &json!({"data": {"image/png": "BBBB"}, "metadata": {}}),
+            None,
         );
         assert_eq!(ex.result_base64().as_deref(), Some("BBBB"));
         assert_eq!(ex.result_text(), "");
@@ -303,12 +321,14 @@ mod tests {
         ex.absorb(
             "stream",
             &json!({"name": "stdout", "text": "0123456789abcdef"}),
+            None,
         );
         ex.absorb(
             "display_data",
             &json!({"data": {"image/png": "BBBB"}, "metadata": {}}),
+            None,
         );
-        ex.finish();
+        ex.finish(None);
         assert!(ex.truncated());
         assert_eq!(ex.outputs.len(), 2);
         assert!(ex

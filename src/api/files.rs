@@ -1,0 +1,323 @@
+//! The file API: upload, download, list and delete files in a session's work
+//! directory (`/home/sandbox`).
+//!
+//! Every operation runs inside the user's own kernel, as the unprivileged
+//! sandbox user, through `_code_interpreter_files` (containerfiles/worker/),
+//! which walks paths without following symlinks and touches regular files
+//! only; the gateway checks paths first, moves bytes in base64 chunks, and
+//! never opens a file itself. Operations take their turn with the user's
+//! executions.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::{Buf, Bytes};
+use futures_util::{Stream, StreamExt};
+use serde_json::{json, Value};
+use warp::http::{header, HeaderValue, StatusCode};
+use warp::reply::Response;
+use warp::Reply;
+
+use super::errors::ApiError;
+use super::models::validate_user;
+use super::AppState;
+use crate::kernel::{ExecuteError, KernelClient};
+
+/// Bytes moved per kernel call.
+const CHUNK: usize = 2 * 1024 * 1024;
+/// Longest one kernel call of a transfer may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest accepted path, bytes.
+const MAX_PATH: usize = 1024;
+
+/// `PUT /files/{path}?user_uuid=`: the body becomes the file (created or replaced).
+pub async fn upload<S, B>(
+    state: Arc<AppState>,
+    tail: String,
+    query: String,
+    body: S,
+) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send,
+{
+    let (user, path) = target(&query, Some(&tail))?;
+    let limit = state.config.limits.disk_mb * 1024 * 1024;
+    let written = state
+        .sessions
+        .with_kernel(&user, true, CALL_TIMEOUT, async |kernel| {
+            let mut body = std::pin::pin!(body);
+            let mut chunk: Vec<u8> = Vec::with_capacity(CHUNK);
+            let mut offset: u64 = 0;
+            let mut ended = false;
+            loop {
+                while chunk.len() < CHUNK && !ended {
+                    match body.next().await {
+                        Some(Ok(mut part)) => {
+                            while part.has_remaining() {
+                                let bytes = part.chunk();
+                                chunk.extend_from_slice(bytes);
+                                let n = bytes.len();
+                                part.advance(n);
+                            }
+                        }
+                        Some(Err(e)) => {
+                            return Ok(Err(ApiError::bad_request(format!(
+                                "reading the upload: {e}"
+                            ))))
+                        }
+                        None => ended = true,
+                    }
+                }
+                if offset + chunk.len() as u64 > limit {
+                    return Ok(Err(too_large(limit)));
+                }
+                let data = base64::engine::general_purpose::STANDARD.encode(&chunk);
+                let call = format!("write({}, {offset}, {})", literal(&path), literal(&data));
+                if let Err(refused) = call_kernel(kernel, &call).await? {
+                    return Ok(Err(refused));
+                }
+                offset += chunk.len() as u64;
+                chunk.clear();
+                if ended {
+                    return Ok(Ok(offset));
+                }
+            }
+        })
+        .await??;
+    Ok(warp::reply::json(&json!({"status": "ok", "path": path, "size": written})).into_response())
+}
+
+/// `GET /files/{path}?user_uuid=`: the file's bytes.
+pub async fn download(
+    state: Arc<AppState>,
+    tail: String,
+    query: String,
+) -> Result<Response, ApiError> {
+    let (user, path) = target(&query, Some(&tail))?;
+    let limit = state.config.limits.disk_mb * 1024 * 1024;
+    let content = state
+        .sessions
+        .with_kernel(&user, false, CALL_TIMEOUT, async |kernel| {
+            let mut content: Vec<u8> = Vec::new();
+            loop {
+                let call = format!("read({}, {}, {CHUNK})", literal(&path), content.len());
+                let reply = match call_kernel(kernel, &call).await? {
+                    Ok(reply) => reply,
+                    Err(refused) => return Ok(Err(refused)),
+                };
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(reply["data"].as_str().unwrap_or_default())
+                    .map_err(|e| {
+                        ExecuteError::Kernel(anyhow::anyhow!("kernel sent bad base64: {e}"))
+                    })?;
+                let size = reply["size"].as_u64().unwrap_or(0);
+                content.extend_from_slice(&data);
+                if content.len() as u64 > limit {
+                    return Ok(Err(too_large(limit)));
+                }
+                if data.is_empty() || content.len() as u64 >= size {
+                    return Ok(Ok(content));
+                }
+            }
+        })
+        .await??;
+    let name = path
+        .rsplit('/')
+        .next()
+        .unwrap_or("file")
+        .replace(['"', '\\'], "_");
+    let mut response = Response::new(Bytes::from(content).into());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+/// `GET /files?user_uuid=`: every regular file of the work directory.
+pub async fn list(state: Arc<AppState>, query: String) -> Result<Response, ApiError> {
+    let (user, _) = target(&query, None)?;
+    let files = state
+        .sessions
+        .with_kernel(&user, false, CALL_TIMEOUT, async |kernel| {
+            call_kernel(kernel, "listing()").await
+        })
+        .await??;
+    Ok(warp::reply::json(&json!({"files": files})).into_response())
+}
+
+/// `DELETE /files/{path}?user_uuid=`.
+pub async fn delete(
+    state: Arc<AppState>,
+    tail: String,
+    query: String,
+) -> Result<Response, ApiError> {
+    let (user, path) = target(&query, Some(&tail))?;
+    state
+        .sessions
+        .with_kernel(&user, false, CALL_TIMEOUT, async |kernel| {
+            call_kernel(kernel, &format!("delete({})", literal(&path))).await
+        })
+        .await??;
+    Ok(
+        warp::reply::json(&json!({"status": "ok", "detail": format!("deleted {path}")}))
+            .into_response(),
+    )
+}
+
+/// Calls a function of the in-kernel helper; the outer error means the kernel
+/// failed (the worker is reset), the inner one that the helper refused.
+async fn call_kernel(
+    kernel: &mut KernelClient,
+    call: &str,
+) -> Result<Result<Value, ApiError>, ExecuteError> {
+    let expression = format!("__import__('_code_interpreter_files').{call}");
+    let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+    let text = kernel.evaluate(&expression, deadline).await?;
+    let reply: Value = serde_json::from_str(&text).map_err(|e| {
+        ExecuteError::Kernel(anyhow::anyhow!("the file helper answered {text:.80}: {e}"))
+    })?;
+    if let Some(value) = reply.get("ok") {
+        return Ok(Ok(value.clone()));
+    }
+    let detail = reply["detail"]
+        .as_str()
+        .unwrap_or("file operation failed")
+        .to_string();
+    let status = match reply["error"].as_str().unwrap_or("") {
+        "bad_path" => StatusCode::BAD_REQUEST,
+        "not_found" => StatusCode::NOT_FOUND,
+        "no_space" | "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    Ok(Err(ApiError::new(status, detail)))
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "files are limited to the worker's disk ({} MiB)",
+            limit / (1024 * 1024)
+        ),
+    )
+}
+
+/// A Rust string as a Python string literal (JSON strings are valid Python).
+fn literal(text: &str) -> String {
+    serde_json::to_string(text).expect("strings serialise")
+}
+
+/// The user from the query string and the checked path from the URL tail.
+fn target(query: &str, tail: Option<&str>) -> Result<(String, String), ApiError> {
+    let user = query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == "user_uuid")
+        .map(|(_, value)| percent_decode(&value.replace('+', " ")))
+        .transpose()?
+        .ok_or_else(|| ApiError::bad_request("the user_uuid query parameter is required"))?;
+    validate_user(&user).map_err(ApiError::bad_request)?;
+    let path = match tail {
+        Some(tail) => {
+            let path = percent_decode(tail)?;
+            validate_path(&path).map_err(ApiError::bad_request)?;
+            path
+        }
+        None => String::new(),
+    };
+    Ok((user, path))
+}
+
+/// A path relative to the work directory, without tricks.
+fn validate_path(path: &str) -> Result<(), String> {
+    if path.is_empty() {
+        return Err("a file path is required: /files/{path}".into());
+    }
+    if path.len() > MAX_PATH {
+        return Err(format!("paths are limited to {MAX_PATH} bytes"));
+    }
+    if path.starts_with('/') {
+        return Err("the path must be relative to the work directory".into());
+    }
+    if path.chars().any(char::is_control) {
+        return Err("the path must not contain NUL or control characters".into());
+    }
+    if path.split('/').any(|part| matches!(part, "" | "." | "..")) {
+        return Err("empty, '.' and '..' path components are not allowed".into());
+    }
+    Ok(())
+}
+
+fn percent_decode(text: &str) -> Result<String, ApiError> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| ApiError::bad_request("malformed percent-encoding in the URL"))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| ApiError::bad_request("the path is not UTF-8"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_checked_before_the_kernel_sees_them() {
+        for good in ["data.csv", "dir/sub/file.txt", "ünïcode.txt", "a b.txt"] {
+            assert!(validate_path(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../b",
+            "a//b",
+            "./a",
+            "a/.",
+            "x\0y",
+            "a\nb",
+        ] {
+            assert!(validate_path(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn query_and_tail_decode() {
+        let (user, path) = target("user_uuid=al%20ice&x=1", Some("dir/na%C3%AFve%2Etxt")).unwrap();
+        assert_eq!((user.as_str(), path.as_str()), ("al ice", "dir/naïve.txt"));
+        assert!(target("", Some("a")).is_err());
+        assert!(
+            target("user_uuid=u", Some("%2e%2e/x")).is_err(),
+            "encoded .. is refused"
+        );
+        assert!(
+            target("user_uuid=u", Some("a%00b")).is_err(),
+            "encoded NUL is refused"
+        );
+        assert!(target("user_uuid=u", Some("%zz")).is_err());
+    }
+
+    #[test]
+    fn literals_cannot_break_out() {
+        assert_eq!(literal("a\"); import os #"), r#""a\"); import os #""#);
+        assert_eq!(literal("x\\y\n"), r#""x\\y\n""#);
+    }
+}
