@@ -8,12 +8,16 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::errors::ApiError;
-use super::models::{validate_user, ExecuteRequest, ExecuteResponse};
+use super::models::{resolve_user, ExecuteRequest, ExecuteResponse};
 use super::AppState;
 use crate::sessions::SessionError;
 
-pub async fn handle(state: Arc<AppState>, request: ExecuteRequest) -> Result<Response, ApiError> {
-    validate_user(&request.user_uuid).map_err(ApiError::bad_request)?;
+pub async fn handle(
+    state: Arc<AppState>,
+    query_user: Option<String>,
+    request: ExecuteRequest,
+) -> Result<Response, ApiError> {
+    let user = resolve_user(request.user_uuid, query_user).map_err(ApiError::bad_request)?;
     if request.code.trim().is_empty() {
         return Err(ApiError::bad_request("code must not be empty"));
     }
@@ -30,7 +34,7 @@ pub async fn handle(state: Arc<AppState>, request: ExecuteRequest) -> Result<Res
     let outcome = tokio::spawn(async move {
         task_state
             .sessions
-            .execute(&request.user_uuid, &request.code, timeout)
+            .execute(&user, &request.code, timeout)
             .await
     })
     .await
