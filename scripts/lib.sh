@@ -668,6 +668,7 @@ print_access() {
 code-interpreter is running.
   URL:   $url
   token: $token
+  playground: $url/#token=$token
   try:   curl -sS -H "X-Auth-Token: $token" -H 'Content-Type: application/json' \\
            -d '{"user_uuid": "demo", "code": "print(6 * 7)"}' $url/execute
 EOF

@@ -3,7 +3,7 @@
 //! person would: token, `a = 100`, `print(a)`, a plot, an endless loop.
 //!
 //! Leaves a screenshot of the page after the plot in
-//! `target/test-artifacts/playground.png`.
+//! `target/test-artifacts/playground.png` (and one at phone size beside it).
 
 mod common;
 #[path = "playground/webdriver.rs"]
@@ -69,6 +69,8 @@ async fn a_person_runs_code_and_sees_a_plot() {
     let gw = Gateway::start(Options {
         min_idle: 1,
         max_workers: 2,
+        // The first matplotlib import is slow on a loaded machine.
+        timeout_secs: 60.0,
         ..Options::default()
     })
     .await;
@@ -148,5 +150,21 @@ async fn a_person_runs_code_and_sees_a_plot() {
     let (state, text) = finished_cell(&browser, 6).await;
     assert_eq!(state, "error");
     assert!(text.contains("NameError"), "{text}");
+
+    // On a phone-sized screen nothing needs sideways scrolling.
+    browser.set_window_size(390, 844).await;
+    let fits = browser
+        .wait_for(
+            "return window.innerWidth < 500 &&
+                 document.documentElement.scrollWidth <= window.innerWidth;",
+            Duration::from_secs(5),
+        )
+        .await;
+    assert_eq!(fits, true);
+    std::fs::write(
+        artifact_dir().join("playground-phone.png"),
+        browser.screenshot().await,
+    )
+    .unwrap();
     browser.quit().await;
 }

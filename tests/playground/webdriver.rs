@@ -194,6 +194,16 @@ impl Browser {
         }
     }
 
+    /// Resizes the window (the viewport is a little smaller).
+    pub async fn set_window_size(&self, width: u32, height: u32) {
+        self.command(
+            "POST",
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        )
+        .await;
+    }
+
     /// A PNG of the visible page.
     pub async fn screenshot(&self) -> Vec<u8> {
         let encoded = self.command("GET", "/screenshot", Value::Null).await;
