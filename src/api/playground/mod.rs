@@ -19,13 +19,15 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
     style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; \
     form-action 'none'; frame-ancestors 'none'";
 
-/// `GET /`, `GET /playground.js`, `GET /playground.css`.
+/// `GET /`, `GET /playground.js`, `GET /playground.css` (and `HEAD`).
 pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let index = warp::path::end().map(|| page(INDEX_HTML, "text/html; charset=utf-8"));
     let script =
         warp::path!("playground.js").map(|| page(SCRIPT, "text/javascript; charset=utf-8"));
     let style = warp::path!("playground.css").map(|| page(STYLE, "text/css; charset=utf-8"));
-    warp::get().and(index.or(script).unify().or(style).unify())
+    // HEAD too, for `curl -I` and link checkers; hyper sends no body for it.
+    let method = warp::get().or(warp::head()).unify();
+    method.and(index.or(script).unify().or(style).unify())
 }
 
 fn page(body: &'static str, content_type: &'static str) -> Response {
@@ -57,6 +59,12 @@ mod tests {
             ("/playground.js", "text/javascript"),
             ("/playground.css", "text/css"),
         ] {
+            let head = warp::test::request()
+                .method("HEAD")
+                .path(path)
+                .reply(&f)
+                .await;
+            assert_eq!(head.status(), 200, "HEAD {path}");
             let response = warp::test::request().path(path).reply(&f).await;
             assert_eq!(response.status(), 200, "{path}");
             let h = response.headers();
