@@ -205,15 +205,29 @@ required_packages() {
 }
 
 ensure_packages() {
-	local missing=() p
-	while read -r p; do
+	local pkgs
+	mapfile -t pkgs < <(required_packages)
+	apt_ensure packages "${pkgs[@]}"
+}
+
+# What only the test suite needs: Debian's Chromium and its WebDriver for the
+# playground's browser test (tests/playground.rs). Never a downloaded browser.
+ensure_test_packages() {
+	apt_ensure "test packages" chromium chromium-driver
+}
+
+# apt_ensure LABEL PKG...: install the packages that are not installed yet.
+apt_ensure() {
+	local label=$1 missing=() p
+	shift
+	for p in "$@"; do
 		[[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) == "install ok installed" ]] || missing+=("$p")
-	done < <(required_packages)
+	done
 	if ((${#missing[@]} == 0)); then
-		log "packages: all present"
+		log "$label: all present"
 		return 0
 	fi
-	log "packages: installing ${missing[*]}"
+	log "$label: installing ${missing[*]}"
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
 	as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		--no-install-recommends "${missing[@]}" >/dev/null
@@ -668,6 +682,7 @@ print_access() {
 code-interpreter is running.
   URL:   $url
   token: $token
+  playground: $url/#token=$token
   try:   curl -sS -H "X-Auth-Token: $token" -H 'Content-Type: application/json' \\
            -d '{"user_uuid": "demo", "code": "print(6 * 7)"}' $url/execute
 EOF

@@ -2,7 +2,8 @@
 # test.sh — the whole test suite, as CI runs it (.ci/run calls this).
 #
 # 1. scripts/start.sh --no-start: packages, service user, rootless Podman and
-#    its REST socket, worker image (cached by input hash), release build.
+#    its REST socket, worker image (cached by input hash), release build;
+#    then Debian's chromium and chromium-driver for the browser test.
 # 2. cargo test --release: unit tests, then integration tests that start real
 #    gateways as the service user against real rootless Podman. As root, a
 #    private rootful Podman (tests/rootful_podman.sh) also runs, so the
@@ -21,6 +22,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 main() {
 	"$REPO/scripts/start.sh" --no-start
+	ensure_test_packages
 	svc_resolve
 
 	# Where the integration tests find the service user's Podman.

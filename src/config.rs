@@ -55,6 +55,9 @@ pub struct ServerConfig {
     pub max_code_bytes: usize,
     /// Requests one user may have waiting behind a running one (429 beyond).
     pub max_queue_per_user: usize,
+    /// Web origins (`scheme://host[:port]`) whose pages may call the API from a
+    /// browser (CORS). Empty: cross-origin calls are not allowed.
+    pub cors_origins: Vec<String>,
 }
 
 /// Where the gateway keeps its files and finds Podman. Empty means "derive".
@@ -217,6 +220,7 @@ impl Default for ServerConfig {
             token: None,
             max_code_bytes: 1024 * 1024,
             max_queue_per_user: 8,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -351,6 +355,9 @@ impl Config {
         if self.network.mode == NetworkMode::None && !self.network.allow.is_empty() {
             bail!("network.allow is set but network.mode is \"none\"; set mode = \"allowlist\"");
         }
+        for origin in &self.server.cors_origins {
+            check_origin(origin)?;
+        }
         if self.server.max_code_bytes == 0 || self.pool.create_parallelism == 0 {
             bail!("server.max_code_bytes and pool.create_parallelism must be positive");
         }
@@ -385,6 +392,27 @@ impl Config {
             .clone()
             .unwrap_or_else(|| user_runtime_dir().join("podman/podman.sock"))
     }
+}
+
+/// An allowed CORS origin must be exactly what browsers send in `Origin`:
+/// `http(s)://host[:port]`, no path, no wildcard.
+fn check_origin(origin: &str) -> Result<()> {
+    let rest = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    let valid = rest.is_some_and(|host| {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+    });
+    if !valid {
+        bail!(
+            "server.cors_origins: {origin:?} is not an origin like \"https://app.example.com\" \
+             (scheme and host, optional port, no path; \"*\" is not accepted)"
+        );
+    }
+    Ok(())
 }
 
 /// `$XDG_RUNTIME_DIR`, or `/run/user/<uid>` as systemd would set it.
@@ -489,5 +517,26 @@ mod tests {
         let mut config = Config::default();
         config.server.token = Some("short".into());
         assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn cors_origins_must_be_exact_origins() {
+        for good in [
+            "https://app.example.com",
+            "http://127.0.0.1:8080",
+            "http://[::1]:3000",
+        ] {
+            check_origin(good).unwrap();
+        }
+        for bad in [
+            "*",
+            "https://*.example.com",
+            "app.example.com",
+            "https://a.com/",
+            "null",
+            "",
+        ] {
+            assert!(check_origin(bad).is_err(), "{bad} accepted");
+        }
     }
 }

@@ -27,6 +27,25 @@ pub fn json<T: DeserializeOwned + Send>(
         })
 }
 
+/// Like [`json`], but an empty body (with any or no Content-Type) is `T::default()`:
+/// clients that send everything in the query string post nothing.
+pub fn json_or_empty<T: DeserializeOwned + Default + Send>(
+    limit: usize,
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("content-type")
+        .and(warp::body::stream())
+        .and_then(move |content_type: Option<String>, body| async move {
+            let bytes = read_limited(body, limit)
+                .await
+                .map_err(warp::reject::custom)?;
+            if bytes.is_empty() {
+                return Ok(T::default());
+            }
+            check_content_type(content_type.as_deref()).map_err(warp::reject::custom)?;
+            parse::<T>(&bytes).map_err(warp::reject::custom)
+        })
+}
+
 fn check_content_type(content_type: Option<&str>) -> Result<(), ApiError> {
     let essence = content_type
         .unwrap_or("")

@@ -129,6 +129,8 @@ pub async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed on this route",
         )
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        ApiError::bad_request("invalid query string")
     } else if rejection.find::<warp::reject::MissingHeader>().is_some() {
         ApiError::new(StatusCode::UNAUTHORIZED, "missing X-Auth-Token header")
     } else {

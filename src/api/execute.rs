@@ -8,17 +8,21 @@ use warp::reply::Response;
 use warp::Reply;
 
 use super::errors::ApiError;
-use super::models::{validate_user, ExecuteRequest, ExecuteResponse};
+use super::models::{resolve_user, ExecuteRequest, ExecuteResponse};
 use super::AppState;
 
-pub async fn handle(state: Arc<AppState>, request: ExecuteRequest) -> Result<Response, ApiError> {
-    let timeout = prepare(&state, &request)?;
+pub async fn handle(
+    state: Arc<AppState>,
+    query_user: Option<String>,
+    request: ExecuteRequest,
+) -> Result<Response, ApiError> {
+    let (user, timeout) = prepare(&state, query_user, &request)?;
     // Run detached: a client that hangs up must not leave the kernel half-read.
     let task_state = Arc::clone(&state);
     let outcome = tokio::spawn(async move {
         task_state
             .sessions
-            .execute(&request.user_uuid, &request.code, timeout, None)
+            .execute(&user, &request.code, timeout, None)
             .await
     })
     .await
@@ -31,9 +35,15 @@ pub async fn handle(state: Arc<AppState>, request: ExecuteRequest) -> Result<Res
     Ok(warp::reply::json(&ExecuteResponse::from(outcome)).into_response())
 }
 
-/// Checks an execute request; returns its effective timeout.
-pub fn prepare(state: &AppState, request: &ExecuteRequest) -> Result<Duration, ApiError> {
-    validate_user(&request.user_uuid).map_err(ApiError::bad_request)?;
+/// Checks an execute request; returns its user (from the body or the query
+/// string) and its effective timeout.
+pub fn prepare(
+    state: &AppState,
+    query_user: Option<String>,
+    request: &ExecuteRequest,
+) -> Result<(String, Duration), ApiError> {
+    let user =
+        resolve_user(request.user_uuid.clone(), query_user).map_err(ApiError::bad_request)?;
     if request.code.trim().is_empty() {
         return Err(ApiError::bad_request("code must not be empty"));
     }
@@ -44,7 +54,10 @@ pub fn prepare(state: &AppState, request: &ExecuteRequest) -> Result<Duration, A
             format!("code is {} bytes; the limit is {limit}", request.code.len()),
         ));
     }
-    effective_timeout(request.timeout, state.config.max_timeout())
+    Ok((
+        user,
+        effective_timeout(request.timeout, state.config.max_timeout())?,
+    ))
 }
 
 /// The request's timeout, capped by the configured one.

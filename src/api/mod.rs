@@ -1,14 +1,19 @@
 //! The HTTP API: routes, authentication and the shared state handlers use.
 //!
 //! Filters only route, authenticate and decode; each endpoint's logic is a
-//! plain async function in its own file. Every route but `/health` needs the
-//! `X-Auth-Token` header, checked before the body is read.
+//! plain async function in its own file. Every API route but `/health` needs
+//! the `X-Auth-Token` header, checked before the body is read. The API routes
+//! are served at the root and, for the original's clients, under `/api/v1`;
+//! the playground page and the OpenAPI document need no token.
 
 mod body;
+mod cors;
 mod errors;
 mod execute;
 mod files;
 pub mod models;
+mod openapi;
+mod playground;
 mod release;
 mod status;
 mod stream;
@@ -43,15 +48,53 @@ pub struct AppState {
     pub started: Instant,
 }
 
+/// Every route the gateway serves, as (method, path). The API routes (all but
+/// the playground's and the document's) are served under [`API_PREFIX`] too.
+/// Kept in step with `routes()` and with `openapi.json` by the tests in `openapi.rs`.
+#[cfg(test)]
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/"),
+    ("GET", "/playground.js"),
+    ("GET", "/playground.css"),
+    ("GET", "/openapi.json"),
+    ("GET", "/health"),
+    ("POST", "/execute"),
+    ("POST", "/release"),
+    ("GET", "/status"),
+];
+
+/// The original's versioned prefix, under which the API routes are served as well.
+#[cfg(test)]
+pub const API_PREFIX: &str = "/api/v1";
+
 /// Room for JSON escaping around the largest accepted `code` (`\u0000` is 6 bytes).
 fn body_limit(max_code_bytes: usize) -> usize {
     max_code_bytes.saturating_mul(6).saturating_add(64 * 1024)
 }
 
-/// All routes, with errors rendered as JSON.
+/// All routes, with errors rendered as JSON and CORS applied.
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let origins = state.config.server.cors_origins.clone();
+    let api = api_routes(state);
+    let versioned = warp::path!("api" / "v1" / ..).and(api.clone());
+    let all = playground::routes()
+        .or(openapi::route())
+        .unify()
+        .or(api)
+        .unify()
+        .or(versioned)
+        .unify()
+        .recover(errors::recover)
+        .unify();
+    cors::wrap(origins, all)
+}
+
+/// The JSON API, without a prefix.
+fn api_routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let limit = body_limit(state.config.server.max_code_bytes);
     let with_state = {
         let state = Arc::clone(&state);
@@ -66,20 +109,29 @@ pub fn routes(
         .and(warp::post())
         .and(auth.clone())
         .and(with_state.clone())
+        .and(user_query())
         .and(body::json(limit))
-        .then(|state, request| async move { respond(execute::handle(state, request).await) });
+        .then(|state, query, request| async move {
+            respond(execute::handle(state, query, request).await)
+        });
     let execute_stream = warp::path!("execute" / "stream")
         .and(warp::post())
         .and(auth.clone())
         .and(with_state.clone())
+        .and(user_query())
         .and(body::json(limit))
-        .then(|state, request| async move { respond(stream::handle(state, request).await) });
+        .then(|state, query, request| async move {
+            respond(stream::handle(state, query, request).await)
+        });
     let release = warp::path!("release")
         .and(warp::post())
         .and(auth.clone())
         .and(with_state.clone())
-        .and(body::json(64 * 1024))
-        .then(|state, request| async move { respond(release::handle(state, request).await) });
+        .and(user_query())
+        .and(body::json_or_empty(64 * 1024))
+        .then(|state, query, request| async move {
+            respond(release::handle(state, query, request).await)
+        });
     let status = warp::path!("status")
         .and(warp::get())
         .and(auth.clone())
@@ -135,8 +187,11 @@ pub fn routes(
         .unify()
         .or(delete)
         .unify()
-        .recover(errors::recover)
-        .unify()
+}
+
+/// `?user_uuid=` (the original's later clients send it there); other parameters are ignored.
+fn user_query() -> impl Filter<Extract = (Option<String>,), Error = Rejection> + Clone {
+    warp::query::<models::UserQuery>().map(|query: models::UserQuery| query.user_uuid)
 }
 
 fn respond(result: Result<Response, ApiError>) -> Response {
@@ -163,4 +218,67 @@ fn authenticated(token: Token) -> impl Filter<Extract = (), Error = Rejection> +
             }
         })
         .untuple_one()
+}
+
+/// A state for in-process route tests: no Podman is contacted, no worker started.
+/// The returned directory holds the runtime dir; it is removed when dropped.
+#[cfg(test)]
+pub(crate) fn test_state() -> (Arc<AppState>, TestDir) {
+    use crate::worker::{podman::PodmanRuntime, WorkerFactory};
+
+    let dir = TestDir(std::env::temp_dir().join(format!("ci-api-test-{}", crate::random::hex(6))));
+    let mut config = Config::default();
+    config.paths.runtime_dir = Some(dir.0.join("run"));
+    config.paths.state_dir = Some(dir.0.join("state"));
+    let config = Arc::new(config);
+    let podman = PodmanRuntime::new(&dir.0.join("no-podman.sock"));
+    let cgroups = crate::host::CgroupSupport::new("unknown", true, Vec::new());
+    let factory =
+        Arc::new(WorkerFactory::new(podman, Arc::clone(&config), cgroups.clone()).unwrap());
+    let metrics = Arc::new(Metrics::default());
+    let registry = crate::state::Registry::new(dir.0.join("state"));
+    let pool = Pool::new(
+        factory,
+        Arc::clone(&metrics),
+        Arc::clone(&registry),
+        0,
+        1,
+        1,
+    );
+    let expiry = crate::sessions::Expiry {
+        idle_timeout: std::time::Duration::from_secs(60),
+        max_age: std::time::Duration::from_secs(600),
+    };
+    let sessions = Arc::new(Sessions::new(
+        Arc::clone(&pool),
+        Arc::clone(&metrics),
+        8,
+        1024,
+        expiry,
+        registry,
+    ));
+    let host = HostInfo::detect(cgroups);
+    let state = Arc::new(AppState {
+        config,
+        token: Token::new("test-token-0123456789".into()),
+        sessions,
+        pool,
+        metrics,
+        host_capacity: host.capacity(1024),
+        host,
+        podman_version: "test".into(),
+        started: Instant::now(),
+    });
+    (state, dir)
+}
+
+/// A temporary directory removed on drop.
+#[cfg(test)]
+pub(crate) struct TestDir(pub std::path::PathBuf);
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -12,17 +12,26 @@ pub const MAX_USER_ID_BYTES: usize = 256;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecuteRequest {
-    pub user_uuid: String,
+    /// May be given in the query string instead (see [`resolve_user`]).
+    pub user_uuid: Option<String>,
     pub code: String,
     /// Seconds; may lower the configured hard timeout, never raise it.
     pub timeout: Option<f64>,
 }
 
-/// `POST /release`.
-#[derive(Debug, Deserialize)]
+/// `POST /release`; an empty body is an empty object.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseRequest {
-    pub user_uuid: String,
+    /// May be given in the query string instead (see [`resolve_user`]).
+    pub user_uuid: Option<String>,
+}
+
+/// The query string of `/execute` and `/release`: the original's later
+/// clients send `user_uuid` there. Other parameters are ignored.
+#[derive(Debug, Deserialize)]
+pub struct UserQuery {
+    pub user_uuid: Option<String>,
 }
 
 /// The answer to a completed execution (also when the code raised).
@@ -73,6 +82,22 @@ pub struct ReleaseResponse {
     pub detail: String,
 }
 
+/// The user from the body or the query string (both may be given if equal),
+/// checked with [`validate_user`].
+pub fn resolve_user(body: Option<String>, query: Option<String>) -> Result<String, String> {
+    let user = match (body, query) {
+        (Some(body), Some(query)) if body != query => {
+            return Err("user_uuid differs between the body and the query string".into())
+        }
+        (Some(user), _) | (None, Some(user)) => user,
+        (None, None) => {
+            return Err("user_uuid is required (in the JSON body or the query string)".into())
+        }
+    };
+    validate_user(&user)?;
+    Ok(user)
+}
+
 /// Checks a `user_uuid`: non-empty, bounded, printable. It is only ever a map key.
 pub fn validate_user(user: &str) -> Result<(), String> {
     if user.trim().is_empty() {
@@ -104,5 +129,16 @@ mod tests {
         assert!(validate_user("  ").is_err());
         assert!(validate_user("a\nb").is_err());
         assert!(validate_user(&"x".repeat(300)).is_err());
+    }
+
+    #[test]
+    fn user_from_body_or_query() {
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(resolve_user(some("a"), None).unwrap(), "a");
+        assert_eq!(resolve_user(None, some("b")).unwrap(), "b");
+        assert_eq!(resolve_user(some("c"), some("c")).unwrap(), "c");
+        assert!(resolve_user(some("a"), some("b")).is_err());
+        assert!(resolve_user(None, None).is_err());
+        assert!(resolve_user(None, some("")).is_err());
     }
 }

@@ -23,13 +23,17 @@ use super::AppState;
 use crate::kernel::outputs::Output;
 use crate::sessions::{Outcome, SessionError};
 
-pub async fn handle(state: Arc<AppState>, request: ExecuteRequest) -> Result<Response, ApiError> {
-    let timeout = prepare(&state, &request)?;
+pub async fn handle(
+    state: Arc<AppState>,
+    query_user: Option<String>,
+    request: ExecuteRequest,
+) -> Result<Response, ApiError> {
+    let (user, timeout) = prepare(&state, query_user, &request)?;
     let (sink, outputs) = mpsc::unbounded_channel::<Output>();
     let execution = tokio::spawn(async move {
         state
             .sessions
-            .execute(&request.user_uuid, &request.code, timeout, Some(sink))
+            .execute(&user, &request.code, timeout, Some(sink))
             .await
     });
     let events = output_events(outputs).chain(stream::once(async move {

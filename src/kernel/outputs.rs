@@ -288,7 +288,7 @@ mod tests {
     fn errors_end_with_ename_and_evalue() {
         let mut ex = Execution::new(1 << 20);
         ex.absorb("error", &json!({"ename": "ZeroDivisionError", "evalue": "division by zero",
-            "traceback": ["\u{1b}[0;31mTraceback\u{1b}[0m", "\u{1b}[0;31mZeroDivisionError\u{1b}[0m: division by zero"]}));
+            "traceback": ["\u{1b}[0;31mTraceback\u{1b}[0m", "\u{1b}[0;31mZeroDivisionError\u{1b}[0m: division by zero"]}), None);
         let text = ex.result_text();
         assert!(
             text.ends_with("ZeroDivisionError: division by zero\n"),
