@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde_json::json;
+use warp::filters::BoxedFilter;
 use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -91,10 +92,9 @@ pub fn routes(
     cors::wrap(origins, all)
 }
 
-/// The JSON API, without a prefix.
-fn api_routes(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+/// The JSON API, without a prefix. Boxed: the nested filter types of every
+/// route would otherwise exceed the compiler's recursion limit.
+fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
     let limit = body_limit(state.config.server.max_code_bytes);
     let with_state = {
         let state = Arc::clone(&state);
@@ -146,21 +146,21 @@ fn api_routes(
         .clone()
         .and(warp::path::end())
         .and(warp::get())
-        .and(query.clone())
+        .and(query)
         .then(|state, query| async move { respond(files::list(state, query).await) });
     let download = file_routes
         .clone()
-        .and(tail.clone())
+        .and(tail)
         .and(warp::get())
-        .and(query.clone())
+        .and(query)
         .then(
             |state, path, query| async move { respond(files::download(state, path, query).await) },
         );
     let upload = file_routes
         .clone()
-        .and(tail.clone())
+        .and(tail)
         .and(warp::put())
-        .and(query.clone())
+        .and(query)
         .and(warp::body::stream())
         .then(|state, path, query, body| async move {
             respond(files::upload(state, path, query, body).await)
@@ -170,6 +170,14 @@ fn api_routes(
             |state, path, query| async move { respond(files::delete(state, path, query).await) },
         );
 
+    let files = list
+        .or(download)
+        .unify()
+        .or(upload)
+        .unify()
+        .or(delete)
+        .unify()
+        .boxed();
     health
         .or(execute_stream)
         .unify()
@@ -179,14 +187,9 @@ fn api_routes(
         .unify()
         .or(status)
         .unify()
-        .or(list)
+        .or(files)
         .unify()
-        .or(download)
-        .unify()
-        .or(upload)
-        .unify()
-        .or(delete)
-        .unify()
+        .boxed()
 }
 
 /// `?user_uuid=` (the original's later clients send it there); other parameters are ignored.
