@@ -95,11 +95,13 @@ async fn outputs_arrive_as_they_are_produced() {
     let (_, first, first_at) = &events[0];
     assert_eq!(first["text"], "first\n");
     let (_, done, done_at) = events.last().unwrap();
+    // The first line comes as printed, 1.5 s before the run ends (absolute
+    // times include getting a worker, which varies with load).
+    let ahead = done_at.saturating_sub(*first_at);
     assert!(
-        *first_at < Duration::from_millis(1200),
-        "first line after {first_at:?}"
+        ahead >= Duration::from_millis(1300),
+        "first line only {ahead:?} before the end"
     );
-    assert!(*done_at >= Duration::from_millis(1500));
     assert_eq!(events[1].1["name"], "stderr");
     assert_eq!(events[2].1["data"]["text/html"], "<b>x</b>");
     assert_eq!(done["result_text"], "first\noops\n42\n");
