@@ -9,19 +9,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
 source "$REPO/scripts/lib.sh"
 
-passed=0
-failed=0
-check() { # check NAME COMMAND... — runs one check and counts it
-	local name=$1
-	shift
-	if "$@"; then
-		passed=$((passed + 1))
-		log "ok - $name"
-	else
-		failed=$((failed + 1))
-		log "FAILED - $name"
-	fi
-}
+# shellcheck source=tests/checks.sh
+source "$REPO/tests/checks.sh"
 
 execute() { # execute USER CODE — prints the response body
 	curl -sS --max-time 60 -X POST "$(gateway_url)/execute" \
