@@ -26,6 +26,8 @@ PORT=${BENCH_PORT:-3875}
 VENV=${CODE_INTERPRETER_BENCH_VENV:-$BASE_CACHE_DIR/bench-venv}
 INSTANCE=bench
 LOCK=$REPO/containerfiles/worker/requirements.lock
+# The bench gateway's pid, scratch and runtime directories (globals: the EXIT trap uses them).
+pid="" scratch="" run_dir=""
 
 # ensure_venv: the baseline's Python, pinned to the worker image's lock.
 ensure_venv() {
@@ -92,7 +94,7 @@ main() {
 	done
 	ensure_venv
 	(cd "$REPO" && cargo build --release --locked --quiet)
-	local bin=$REPO/target/release/code-interpreter token pid="" scratch run_dir
+	local bin=$REPO/target/release/code-interpreter token
 	token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 	export CODE_INTERPRETER_TOKEN=$token CODE_INTERPRETER_BENCH_PYTHON=$VENV/bin/python
 
@@ -101,6 +103,7 @@ main() {
 		podman_ping || die "the Podman socket $PODMAN_SOCK does not answer: run scripts/start.sh --no-start"
 		scratch=$(mktemp -d /tmp/ci-bench.XXXXXX)
 		chmod 755 "$scratch"
+		chown "$SVC_UID:$SVC_GID" "$scratch"
 		run_dir=$SVC_RUNTIME/code-interpreter-$INSTANCE
 		cp "$bin" "$scratch/code-interpreter"
 		cat >"$scratch/config.toml" <<-EOF
