@@ -50,7 +50,10 @@ impl Gateway {
             .bytes()
             .await
             .with_context(|| format!("reading the answer of POST {path}"))?;
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+        Ok((
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        ))
     }
 
     /// `GET /status` as JSON.

@@ -77,7 +77,10 @@ pub struct BenchArgs {
 
 /// Runs the benchmark; `configured_token` is used when no token was given.
 pub fn run(args: BenchArgs, configured_token: impl FnOnce() -> Result<String>) -> Result<()> {
-    anyhow::ensure!(args.users > 0 && args.requests > 0, "--users and --requests must be positive");
+    anyhow::ensure!(
+        args.users > 0 && args.requests > 0,
+        "--users and --requests must be positive"
+    );
     let think = (args.think[0], args.think[1]);
     anyhow::ensure!(
         think.0 >= 0.0 && think.1 >= think.0,
@@ -189,7 +192,12 @@ async fn measure_gateway(
 }
 
 /// Writes `<who>-outcomes.svg`, `<who>-latency-histogram.svg` and `<who>-latency-over-time.svg`.
-fn write_plots(dir: &PathBuf, who: &str, samples: &[stats::Sample], args: &BenchArgs) -> Result<()> {
+fn write_plots(
+    dir: &PathBuf,
+    who: &str,
+    samples: &[stats::Sample],
+    args: &BenchArgs,
+) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let what = format!(
         "{who}: {} users x {} requests, think {}-{} s",

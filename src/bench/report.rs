@@ -56,10 +56,7 @@ fn pct(x: f64) -> String {
 }
 
 fn lat(l: &Latency) -> String {
-    format!(
-        "{:.1} / {:.1} / {:.1} / {:.1}",
-        l.p50, l.p95, l.p99, l.max
-    )
+    format!("{:.1} / {:.1} / {:.1} / {:.1}", l.p50, l.p95, l.p99, l.max)
 }
 
 pub fn text(r: &Report) -> String {
@@ -78,11 +75,7 @@ pub fn text(r: &Report) -> String {
     let g = &r.gateway;
     let b = r.baseline.as_ref().map(|b| &b.summary);
     let row = |out: &mut String, name: &str, gv: String, bv: Option<String>| {
-        let _ = writeln!(
-            out,
-            "  {name:<30} {gv:>26} {:>26}",
-            bv.unwrap_or_default()
-        );
+        let _ = writeln!(out, "  {name:<30} {gv:>26} {:>26}", bv.unwrap_or_default());
     };
     row(
         &mut out,
@@ -90,12 +83,42 @@ pub fn text(r: &Report) -> String {
         "gateway".into(),
         b.map(|_| "baseline (jupyter_client)".into()),
     );
-    row(&mut out, "requests", g.requests.to_string(), b.map(|b| b.requests.to_string()));
-    row(&mut out, "wall time (s)", format!("{:.2}", g.wall_s), b.map(|b| format!("{:.2}", b.wall_s)));
-    row(&mut out, "requests/s", format!("{:.1}", g.rps), b.map(|b| format!("{:.1}", b.rps)));
-    row(&mut out, "success", pct(g.success_rate), b.map(|b| pct(b.success_rate)));
-    row(&mut out, "verified", pct(g.verified_rate), b.map(|b| pct(b.verified_rate)));
-    row(&mut out, "latency p50/p95/p99/max (ms)", lat(&g.latency_ms), b.map(|b| lat(&b.latency_ms)));
+    row(
+        &mut out,
+        "requests",
+        g.requests.to_string(),
+        b.map(|b| b.requests.to_string()),
+    );
+    row(
+        &mut out,
+        "wall time (s)",
+        format!("{:.2}", g.wall_s),
+        b.map(|b| format!("{:.2}", b.wall_s)),
+    );
+    row(
+        &mut out,
+        "requests/s",
+        format!("{:.1}", g.rps),
+        b.map(|b| format!("{:.1}", b.rps)),
+    );
+    row(
+        &mut out,
+        "success",
+        pct(g.success_rate),
+        b.map(|b| pct(b.success_rate)),
+    );
+    row(
+        &mut out,
+        "verified",
+        pct(g.verified_rate),
+        b.map(|b| pct(b.verified_rate)),
+    );
+    row(
+        &mut out,
+        "latency p50/p95/p99/max (ms)",
+        lat(&g.latency_ms),
+        b.map(|b| lat(&b.latency_ms)),
+    );
     if let Some(base) = &r.baseline {
         let _ = writeln!(
             out,
@@ -109,7 +132,11 @@ pub fn text(r: &Report) -> String {
         .map(|(code, n)| format!("{code}: {n}"))
         .collect();
     let _ = writeln!(out, "  status codes: {}", codes.join(", "));
-    let outcomes: Vec<String> = g.outcomes.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    let outcomes: Vec<String> = g
+        .outcomes
+        .iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect();
     let _ = writeln!(out, "  outcomes: {}", outcomes.join(", "));
     if let Some(ceiling) = r.think_ceiling_rps {
         let _ = write!(
@@ -128,7 +155,11 @@ pub fn text(r: &Report) -> String {
         r.users, r.release_s, r.releases_failed
     );
     if let Some(refill) = r.pool_refill_s {
-        let _ = writeln!(out, "  pool refilled to {} idle workers in {refill:.2} s after the releases", r.users);
+        let _ = writeln!(
+            out,
+            "  pool refilled to {} idle workers in {refill:.2} s after the releases",
+            r.users
+        );
     }
     if let Some(first) = &r.new_user_first_request_ms {
         let _ = writeln!(

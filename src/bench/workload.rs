@@ -76,7 +76,9 @@ pub fn plan(
     (0..users)
         .map(|user| {
             let scenario = match scenario {
-                Scenario::Mixed => [Scenario::Arithmetic, Scenario::List, Scenario::Numpy][user % 3],
+                Scenario::Mixed => {
+                    [Scenario::Arithmetic, Scenario::List, Scenario::Numpy][user % 3]
+                }
                 one => one,
             };
             let steps = match scenario {
@@ -208,7 +210,12 @@ mod tests {
     fn arithmetic_expectations_follow_the_code() {
         let steps = arithmetic(&mut Rng::new(1), 3);
         let x: i64 = steps[0].code.strip_prefix("x = ").unwrap().parse().unwrap();
-        let k1: i64 = steps[1].code[5..].split(';').next().unwrap().parse().unwrap();
+        let k1: i64 = steps[1].code[5..]
+            .split(';')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(steps[0].expect, "");
         assert_eq!(steps[1].expect, format!("{}\n", x + k1));
     }
