@@ -63,8 +63,8 @@ worker_memory() {
 			while (changed) { changed = 0
 				for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } }
 			for (p in keep) print p
-		}' | while read -r pid; do
-		cat "/proc/$pid/smaps_rollup" 2>/dev/null || true
+		}' | while read -r proc; do
+		cat "/proc/$proc/smaps_rollup" 2>/dev/null || true
 	done | awk -v n="${#ids[@]}" '
 		/^Pss:/ { pss += $2 } /^Rss:/ { rss += $2 }
 		END { printf "worker memory: %d idle workers: PSS %.0f MiB in total (%.1f MiB each), RSS %.0f MiB in total\n", n, pss/1024, pss/1024/n, rss/1024 }'
