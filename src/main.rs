@@ -3,10 +3,12 @@
 //! The binary has two jobs: `serve` runs the HTTP gateway that hands each user
 //! their own IPython kernel in a rootless Podman container, and `token` prints
 //! the API token that clients must send as `X-Auth-Token`. `healthcheck` is the
-//! gateway container's health check (its image has no curl).
+//! gateway container's health check (its image has no curl). `bench` measures
+//! a running gateway (see docs/benchmarks.md).
 
 mod api;
 mod auth;
+mod bench;
 mod config;
 mod host;
 mod kernel;
@@ -43,6 +45,8 @@ enum Command {
     Token,
     /// Exit 0 if the gateway at the configured address answers `GET /health` with 200.
     Healthcheck,
+    /// Measure a gateway under the original's workload (and a jupyter_client baseline).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,6 +58,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => healthcheck(config.server.listen),
+        Command::Bench(args) => bench::run(args, || {
+            Ok(auth::Token::load_or_create(&config)?.reveal().to_string())
+        }),
         Command::Serve => {
             tracing_subscriber::fmt()
                 .with_env_filter(

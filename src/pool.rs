@@ -230,6 +230,7 @@ impl Pool {
             .await
             .expect("semaphore never closed");
         self.creating.fetch_add(1, Ordering::SeqCst);
+        let started = std::time::Instant::now();
         let result = self.factory.create().await;
         self.creating.fetch_sub(1, Ordering::SeqCst);
         match &result {
@@ -237,7 +238,8 @@ impl Pool {
                 self.registry.insert(worker.record());
                 Metrics::bump(&self.metrics.workers_created);
                 *self.last_error.lock().unwrap() = None;
-                tracing::info!(worker = worker.id, "worker ready");
+                let ms = started.elapsed().as_millis() as u64;
+                tracing::info!(worker = worker.id, ms, "worker ready");
             }
             Err(e) => {
                 Metrics::bump(&self.metrics.worker_start_failures);

@@ -94,8 +94,7 @@ pub async fn run(config: Config) -> Result<()> {
         podman_version,
         started: Instant::now(),
     });
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
+    let listener = listen(config.server.listen)
         .with_context(|| format!("listening on {}", config.server.listen))?;
     tracing::info!(
         "code-interpreter listening on http://{}",
@@ -124,6 +123,20 @@ pub async fn run(config: Config) -> Result<()> {
     registry.save()?;
     tracing::info!("stopped; workers left running for the next start to re-adopt");
     Ok(())
+}
+
+/// Binds the API's listener with TCP_NODELAY, which Linux passes on to every
+/// accepted connection (warp does not set it): small responses are never held
+/// back by Nagle's algorithm waiting for a delayed ACK.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// Creates the state directory (0700) that holds the token and the worker table.

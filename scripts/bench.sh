@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# bench.sh — the published benchmark, rerunnable: see docs/benchmarks.md.
+#
+# 1. Prepares the baseline's Python (a venv under /var/cache/code-interpreter,
+#    ipykernel + jupyter_client + numpy at exactly the worker image's versions
+#    from containerfiles/worker/requirements.lock; skipped when up to date).
+# 2. Unless --url is given, starts a dedicated gateway (instance "bench", its
+#    own port, runtime and state directories) as the service user, with a warm
+#    pool of USERS workers, and removes it and its workers at the end.
+# 3. Runs `code-interpreter bench --baseline` at saturation (think 0 0) and with
+#    the original's think time (0.1-0.5 s), then measures the idle workers'
+#    memory, and the cold start of each worker from the gateway's log.
+#
+# Usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [-- extra bench args]
+#        scripts/bench.sh --venv-only   (step 1 only)
+# Env: BENCH_USERS (30), BENCH_REQUESTS (100), BENCH_SCENARIO (mixed), BENCH_PORT (3875).
+# Needs the host prepared by scripts/start.sh --no-start (Podman, worker image).
+set -euo pipefail
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+USERS=${BENCH_USERS:-30}
+REQUESTS=${BENCH_REQUESTS:-100}
+SCENARIO=${BENCH_SCENARIO:-mixed}
+PORT=${BENCH_PORT:-3875}
+VENV=${CODE_INTERPRETER_BENCH_VENV:-$BASE_CACHE_DIR/bench-venv}
+INSTANCE=bench
+LOCK=$REPO/containerfiles/worker/requirements.lock
+# The bench gateway's pid, scratch and runtime directories (globals: the EXIT trap uses them).
+pid="" scratch="" run_dir=""
+
+# ensure_venv: the baseline's Python, pinned to the worker image's lock.
+ensure_venv() {
+	local stamp want
+	want=$(sha256sum "$LOCK" | cut -c1-16)
+	stamp=$VENV/.lock-hash
+	if [[ -x $VENV/bin/python && $(cat "$stamp" 2>/dev/null) == "$want" ]]; then
+		log "baseline venv: $VENV up to date"
+		return
+	fi
+	log "baseline venv: creating $VENV (ipykernel, jupyter_client, numpy as pinned in $LOCK)"
+	rm -rf "$VENV"
+	/usr/bin/python3 -m venv "$VENV"
+	# The lock's name==version lines, without hashes: constraints for pip.
+	grep -Eo '^[A-Za-z0-9_.-]+==[^ \\]+' "$LOCK" >"$VENV/constraints.txt"
+	"$VENV/bin/pip" install --quiet --only-binary=:all: -c "$VENV/constraints.txt" \
+		ipykernel jupyter_client numpy
+	echo "$want" >"$stamp"
+}
+
+# worker_memory: PSS and RSS of every process of this instance's workers
+# (conmon, init, entrypoint, kernel), summed.
+worker_memory() {
+	local ids conmons
+	mapfile -t ids < <(svc_podman ps -q --filter "label=io.code-interpreter.instance=$INSTANCE")
+	((${#ids[@]})) || { log "worker memory: no workers"; return; }
+	mapfile -t conmons < <(svc_podman inspect -f '{{.State.ConmonPid}}' "${ids[@]}")
+	ps -e -o pid=,ppid= | awk -v roots="${conmons[*]}" '
+		BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) keep[r[i]] = 1 }
+		{ parent[$1] = $2 }
+		END {
+			changed = 1
+			while (changed) { changed = 0
+				for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } }
+			for (p in keep) print p
+		}' | while read -r proc; do
+		cat "/proc/$proc/smaps_rollup" 2>/dev/null || true
+	done | awk -v n="${#ids[@]}" '
+		/^Pss:/ { pss += $2 } /^Rss:/ { rss += $2 }
+		END { printf "worker memory: %d idle workers: PSS %.0f MiB in total (%.1f MiB each), RSS %.0f MiB in total\n", n, pss/1024, pss/1024/n, rss/1024 }'
+}
+
+# cold_starts LOG: percentiles of "worker ready ms=N" (container create to the
+# kernel's first reply) in the gateway's log.
+cold_starts() {
+	grep 'worker ready' "$1" | grep -o ' ms=[0-9]*' | cut -d= -f2 | sort -n | awk '
+		{ v[NR] = $1 }
+		END { if (NR) printf "cold worker start (container create to first kernel reply), %d workers: p50 %d ms, p95 %d ms, max %d ms\n",
+			NR, v[int((NR + 1) / 2)], v[int(NR * 0.95 + 0.999)], v[NR] }'
+}
+
+main() {
+	local url="" plot="" json="" extra=()
+	while (($#)); do
+		case $1 in
+		--url) url=$2; shift ;;
+		--plot) plot=$2; shift ;;
+		--json) json=$2; shift ;;
+		--venv-only) ensure_venv; return ;;
+		--) shift; extra=("$@"); break ;;
+		*) die "unknown argument $1 (usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [-- bench args])" ;;
+		esac
+		shift
+	done
+	ensure_venv
+	(cd "$REPO" && cargo build --release --locked --quiet)
+	local bin=$REPO/target/release/code-interpreter token
+	token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+	export CODE_INTERPRETER_TOKEN=$token CODE_INTERPRETER_BENCH_PYTHON=$VENV/bin/python
+
+	if [[ -z $url ]]; then
+		svc_exists || die "no service user $SVC_USER: run scripts/start.sh --no-start first"
+		podman_ping || die "the Podman socket $PODMAN_SOCK does not answer: run scripts/start.sh --no-start"
+		scratch=$(mktemp -d /tmp/ci-bench.XXXXXX)
+		chmod 755 "$scratch"
+		chown "$SVC_UID:$SVC_GID" "$scratch"
+		run_dir=$SVC_RUNTIME/code-interpreter-$INSTANCE
+		cp "$bin" "$scratch/code-interpreter"
+		cat >"$scratch/config.toml" <<-EOF
+			[server]
+			listen = "127.0.0.1:$PORT"
+			max_queue_per_user = 8
+			[paths]
+			runtime_dir = "$run_dir"
+			state_dir = "$run_dir-state"
+			[worker]
+			instance = "$INSTANCE"
+			[limits]
+			memory_mb = 512
+			[pool]
+			min_idle = $USERS
+			max_workers = $USERS
+		EOF
+		chmod 644 "$scratch/config.toml"
+		cleanup() {
+			if [[ -n ${pid:-} ]] && kill -TERM "$pid" 2>/dev/null; then
+				wait_for 30 proc_gone "$pid" || warn "the bench gateway (pid $pid) is still running"
+			fi
+			local ids
+			mapfile -t ids < <(svc_podman ps -aq --filter "label=io.code-interpreter.instance=$INSTANCE")
+			((${#ids[@]})) && svc_podman rm -f -t 0 "${ids[@]}" >/dev/null
+			svc_run rm -rf "$run_dir" "$run_dir-state"
+			rm -rf "$scratch"
+		}
+		trap cleanup EXIT
+		SVC_ENV+=(CODE_INTERPRETER_TOKEN="$token" RUST_LOG=info)
+		svc_daemon "$scratch/gateway.pid" "$scratch/gateway.log" \
+			"$scratch/code-interpreter" serve --config "$scratch/config.toml"
+		wait_for 10 test -s "$scratch/gateway.pid" || die "the bench gateway did not start"
+		pid=$(<"$scratch/gateway.pid")
+		url=http://127.0.0.1:$PORT
+		wait_for 30 curl -fs "$url/health" -o /dev/null || die "the bench gateway is not healthy: $(cat "$scratch/gateway.log")"
+		log "bench gateway: pid $pid at $url, warming $USERS workers"
+	fi
+
+	local common=(--url "$url" --users "$USERS" --requests "$REQUESTS" --scenario "$SCENARIO" --baseline)
+	[[ -n $pid ]] && common+=(--gateway-pid "$pid")
+	local mode think out
+	for mode in saturation think; do
+		case $mode in
+		saturation) think=(0 0) ;;
+		think) think=(0.1 0.5) ;;
+		esac
+		out=()
+		[[ -n $plot ]] && out+=(--plot "$plot/$mode")
+		log "== $mode (think ${think[*]} s), load: $(cut -d' ' -f1-3 /proc/loadavg)"
+		if [[ -n $json ]]; then
+			mkdir -p "$json"
+			"$bin" bench "${common[@]}" --think "${think[@]}" "${out[@]}" --json "${extra[@]}" | tee "$json/$mode.json"
+		else
+			"$bin" bench "${common[@]}" --think "${think[@]}" "${out[@]}" "${extra[@]}"
+		fi
+	done
+	if [[ -n $pid ]]; then
+		worker_memory
+		cold_starts "$scratch/gateway.log"
+		log "gateway RSS now $(awk '/VmRSS/ {print $2}' "/proc/$pid/status") KiB, peak $(awk '/VmHWM/ {print $2}' "/proc/$pid/status") KiB"
+	fi
+}
+
+main "$@"
