@@ -62,6 +62,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/execute"),
     ("POST", "/release"),
     ("GET", "/status"),
+    ("POST", "/execute/stream"),
+    ("GET", "/files"),
+    ("GET", "/files/{path}"),
+    ("PUT", "/files/{path}"),
+    ("DELETE", "/files/{path}"),
 ];
 
 /// The original's versioned prefix, under which the API routes are served as well.
@@ -138,37 +143,38 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(with_state.clone())
         .map(status::handle);
 
-    // The file API: `/files` lists, `/files/{path}` is one file.
+    // The file API: `/files` lists, `/files/{path}` is one file. The method is
+    // checked before the token so that a wrong method is 405 on every route.
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
-    let tail = warp::path::tail().map(|tail: warp::path::Tail| tail.as_str().to_string());
-    let file_routes = warp::path("files").and(auth).and(with_state);
-    let list = file_routes
-        .clone()
-        .and(warp::path::end())
+    let list = warp::path!("files")
         .and(warp::get())
+        .and(auth.clone())
+        .and(with_state.clone())
         .and(query)
         .then(|state, query| async move { respond(files::list(state, query).await) });
-    let download = file_routes
-        .clone()
-        .and(tail)
+    let download = file_path()
         .and(warp::get())
+        .and(auth.clone())
+        .and(with_state.clone())
         .and(query)
         .then(
-            |state, path, query| async move { respond(files::download(state, path, query).await) },
+            |path, state, query| async move { respond(files::download(state, path, query).await) },
         );
-    let upload = file_routes
-        .clone()
-        .and(tail)
+    let upload = file_path()
         .and(warp::put())
+        .and(auth.clone())
+        .and(with_state.clone())
         .and(query)
         .and(warp::body::stream())
-        .then(|state, path, query, body| async move {
+        .then(|path, state, query, body| async move {
             respond(files::upload(state, path, query, body).await)
         });
-    let delete =
-        file_routes.and(tail).and(warp::delete()).and(query).then(
-            |state, path, query| async move { respond(files::delete(state, path, query).await) },
-        );
+    let delete = file_path()
+        .and(warp::delete())
+        .and(auth)
+        .and(with_state)
+        .and(query)
+        .then(|path, state, query| async move { respond(files::delete(state, path, query).await) });
 
     let files = list
         .or(download)
@@ -190,6 +196,19 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .or(files)
         .unify()
         .boxed()
+}
+
+/// `/files/{path}`: the rest of the URL path, still percent-encoded; an empty
+/// one (`/files/`) is no route.
+fn file_path() -> impl Filter<Extract = (String,), Error = Rejection> + Clone {
+    warp::path("files")
+        .and(warp::path::tail())
+        .and_then(|tail: warp::path::Tail| async move {
+            match tail.as_str() {
+                "" => Err(warp::reject::not_found()),
+                path => Ok(path.to_string()),
+            }
+        })
 }
 
 /// `?user_uuid=` (the original's later clients send it there); other parameters are ignored.

@@ -110,7 +110,8 @@ mod tests {
                 &[""]
             };
             for prefix in prefixes {
-                let full = format!("{prefix}{path}");
+                // Path parameters get a sample value.
+                let full = format!("{prefix}{}", path.replace("{path}", "dir/data.csv"));
                 // No token: the protected routes must refuse before doing any work.
                 let response = warp::test::request()
                     .method(&method)

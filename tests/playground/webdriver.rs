@@ -81,7 +81,15 @@ impl Browser {
         ];
         let capabilities = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
-            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+            "goog:chromeOptions": {
+                "binary": CHROMIUM,
+                "args": args,
+                // Downloads land in the profile, which Drop removes.
+                "prefs": {
+                    "download.default_directory": browser.downloads(),
+                    "download.prompt_for_download": false,
+                },
+            },
         }}});
         let session = browser.command("POST", "/session", capabilities).await;
         let id = session["sessionId"]
@@ -221,6 +229,11 @@ impl Browser {
             .timeout(Duration::from_secs(10))
             .send()
             .await;
+    }
+
+    /// Where the browser saves downloads.
+    pub fn downloads(&self) -> PathBuf {
+        self.profile.join("downloads")
     }
 
     fn driver_log(&self) -> String {

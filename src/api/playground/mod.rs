@@ -4,7 +4,10 @@
 //! The page needs no token to load; its script sends the token the person
 //! enters with every API call. A strict Content-Security-Policy allows only
 //! this origin's script and style (no inline code) and images from `data:`
-//! URLs, which is how plots arrive.
+//! URLs, which is how plots arrive. Outputs come from `/execute/stream` (a
+//! same-origin fetch); a downloaded file is fetched with the token header and
+//! saved through a link to a `blob:` URL, which the policy need not allow
+//! (saving a download is neither a fetch nor an image).
 
 use warp::http::header::{self, HeaderValue};
 use warp::reply::Response;

@@ -1,6 +1,8 @@
 // playground.js: the playground page's behaviour. It calls the gateway's own
-// API (same origin, relative URLs) and renders every output as text or as an
-// <img>; nothing the user's code produced is ever parsed as HTML.
+// API (same origin, relative URLs), shows each output as the stream of
+// /execute/stream delivers it, as text or as an <img>, and moves files in and
+// out of the session. Nothing the user's code produced is ever parsed as HTML,
+// and the token only ever travels in the X-Auth-Token header.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -8,7 +10,7 @@ const ANSI = /\x1b\[[0-9;?]*[A-Za-z]/g;
 const IMAGE_TYPES = ["image/png", "image/jpeg", "image/gif", "image/svg+xml"];
 const TOKEN_KEY = "code-interpreter.token";
 const USER_KEY = "code-interpreter.user";
-let running = false;
+let running = null; // the AbortController of the run in progress
 
 /** A random UUID v4 (crypto.randomUUID needs a secure context; this does not). */
 function newUserId() {
@@ -33,14 +35,21 @@ function setMessage(text, isError = false) {
   $("message").className = isError ? "error" : "";
 }
 
+const token = () => $("token").value.trim();
+const user = () => $("user").value.trim();
+
 /** Calls the API; resolves to {status, data, retryAfter} (data: parsed JSON or null). */
 async function call(method, path, body) {
-  const init = { method, headers: { "X-Auth-Token": $("token").value.trim() } };
+  const init = { method, headers: { "X-Auth-Token": token() } };
   if (body !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(body);
   }
-  const response = await fetch(path, init);
+  return answer(await fetch(path, init));
+}
+
+/** A response as {status, data, retryAfter}. */
+async function answer(response) {
   let data = null;
   try {
     data = await response.json();
@@ -48,6 +57,30 @@ async function call(method, path, body) {
     // not JSON: only the status code is known
   }
   return { status: response.status, data, retryAfter: response.headers.get("Retry-After") };
+}
+
+/** Reads a server-sent event stream, calling onEvent(name, data) for each event. */
+async function readEvents(response, onEvent) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, "\n");
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      let name = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) name = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+      }
+      if (data.length) onEvent(name, JSON.parse(data.join("\n")));
+    }
+  }
 }
 
 /** One sentence a person can act on, for a failed call. */
@@ -115,55 +148,108 @@ function addCell(code) {
   return { cell, meta, body };
 }
 
-function finishCell(parts, r) {
-  if (r.status === 200) {
-    const d = r.data;
-    for (const out of d.outputs) parts.body.append(renderOutput(out));
-    if (d.output_truncated) parts.body.append(el("pre", "stderr", "[output truncated by the server]"));
-    if (!d.outputs.length) parts.body.append(el("pre", "stdout muted", "(no output)"));
-    const fresh = d.session_created ? " · new session" : "";
-    parts.meta.textContent = `[${d.execution_count ?? "?"}] ${d.duration_ms} ms${fresh}`;
-    parts.cell.dataset.state = d.status === "ok" ? "ok" : "error";
-    setMessage("");
-  } else {
-    const message = explain(r);
-    parts.body.append(el("pre", "failure", message));
-    parts.meta.textContent = `HTTP ${r.status}`;
-    parts.cell.dataset.state = `http-${r.status}`;
-    setMessage(message, true);
+/** Adds one output to a cell; consecutive text of one stream joins one block. */
+function appendOutput(body, out) {
+  const last = body.lastElementChild;
+  if (out.type === "stream" && last && last.dataset.stream === out.name) {
+    last.textContent += plain(out.text);
+    return;
   }
+  const node = renderOutput(out);
+  if (out.type === "stream") node.dataset.stream = out.name;
+  body.append(node);
 }
 
+/** The run ended normally: `d` is what /execute answers. */
+function finishCell(parts, d) {
+  if (d.output_truncated) parts.body.append(el("pre", "stderr", "[output truncated by the server]"));
+  if (!d.outputs.length) parts.body.append(el("pre", "stdout muted", "(no output)"));
+  const fresh = d.session_created ? " · new session" : "";
+  parts.meta.textContent = `[${d.execution_count ?? "?"}] ${d.duration_ms} ms${fresh}`;
+  parts.cell.dataset.state = d.status === "ok" ? "ok" : "error";
+  setMessage("");
+}
+
+/** The run failed: `r` is {status, data, retryAfter}, as for an HTTP error. */
+function failCell(parts, r) {
+  const message = explain(r);
+  parts.body.append(el("pre", "failure", message));
+  parts.meta.textContent = r.status ? `HTTP ${r.status}` : "failed";
+  parts.cell.dataset.state = `http-${r.status}`;
+  setMessage(message, true);
+}
+
+/** Runs the editor's code, showing each output as the stream delivers it. */
 async function run() {
   const code = $("code").value;
   if (running || !code.trim()) return;
-  running = true;
+  running = new AbortController();
   $("run").disabled = true;
+  $("stop").disabled = false;
   const parts = addCell(code);
-  const body = { user_uuid: $("user").value.trim(), code };
+  const body = { user_uuid: user(), code };
   const timeout = parseFloat($("timeout").value);
   if (timeout > 0) body.timeout = timeout;
   setMessage("Running…");
+  let ended = false;
   try {
-    finishCell(parts, await call("POST", "execute", body));
+    const response = await fetch("execute/stream", {
+      method: "POST",
+      headers: { "X-Auth-Token": token(), "Content-Type": "application/json" },
+      body: JSON.stringify(body),
+      signal: running.signal,
+    });
+    if (!response.ok) {
+      // Refused before the code ran (401, 400, 413…): a plain JSON error.
+      ended = true;
+      failCell(parts, await answer(response));
+      return;
+    }
+    await readEvents(response, (name, data) => {
+      if (name === "done") {
+        ended = true;
+        finishCell(parts, data);
+      } else if (name === "failed") {
+        ended = true;
+        failCell(parts, { status: data.status_code, data });
+      } else {
+        appendOutput(parts.body, data);
+      }
+    });
+    if (!ended) failCell(parts, { status: 0, data: { detail: "the connection closed before the run finished" } });
   } catch (e) {
-    finishCell(parts, { status: 0, data: { detail: `the gateway is unreachable (${e.message})` } });
+    if (e.name === "AbortError") {
+      parts.body.append(el("pre", "failure", "Stopped: the kernel was interrupted; the session keeps its variables."));
+      parts.meta.textContent = "stopped";
+      parts.cell.dataset.state = "stopped";
+      setMessage("Stopped.");
+    } else if (!ended) {
+      failCell(parts, { status: 0, data: { detail: `the gateway is unreachable (${e.message})` } });
+    }
   } finally {
-    running = false;
+    running = null;
     $("run").disabled = false;
+    $("stop").disabled = true;
     refreshStatus();
+    refreshFiles();
   }
+}
+
+/** Closing the stream makes the gateway interrupt the kernel. */
+function stop() {
+  if (running) running.abort();
 }
 
 async function release() {
   try {
-    const r = await call("POST", "release", { user_uuid: $("user").value.trim() });
+    const r = await call("POST", "release", { user_uuid: user() });
     if (r.status === 200) setMessage(`Released: ${r.data.detail}.`);
     else setMessage(explain(r), true);
   } catch (e) {
     setMessage(`The gateway is unreachable (${e.message}).`, true);
   }
   refreshStatus();
+  refreshFiles();
 }
 
 function newSession() {
@@ -171,6 +257,7 @@ function newSession() {
   localStorage.setItem(USER_KEY, $("user").value);
   $("history").replaceChildren();
   setMessage("New user id: the next run starts a fresh session.");
+  refreshFiles();
 }
 
 async function refreshStatus() {
@@ -188,7 +275,7 @@ async function refreshStatus() {
         ["free slots", `${s.capacity.free_slots} of ${s.capacity.max_workers}`],
         ["timeout", `${s.limits.execution_timeout_secs} s`],
         ["podman", s.podman.version],
-        ["cgroup limits", s.host.cgroup_limits_enforced ? "enforced" : "not enforced on this host"],
+        ["cgroup limits", s.limits.cgroup_limits_enforced ? "enforced" : "not enforced on this host"],
       );
       if (s.last_worker_error) rows.push(["last worker error", s.last_worker_error]);
     }
@@ -196,6 +283,128 @@ async function refreshStatus() {
     rows.push(["status", `unreachable (${e.message})`]);
   }
   list.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", "", k), el("dd", "", String(v))]));
+}
+
+/** `files/<path>?user_uuid=<user>`, each path component percent-encoded. */
+function fileUrl(path) {
+  const encoded = path ? `/${path.split("/").map(encodeURIComponent).join("/")}` : "";
+  return `files${encoded}?user_uuid=${encodeURIComponent(user())}`;
+}
+
+function fileNote(text, isError = false) {
+  $("files-note").textContent = text;
+  $("files-note").className = isError ? "note error" : "note";
+}
+
+function formatSize(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function button(text, label, onClick) {
+  const node = el("button", "", text);
+  node.type = "button";
+  node.setAttribute("aria-label", label);
+  node.addEventListener("click", onClick);
+  return node;
+}
+
+/** Lists the session's files, each with Download and Delete buttons. */
+async function refreshFiles() {
+  const list = $("files");
+  if (!token()) {
+    list.replaceChildren();
+    fileNote("Enter the token to see the session's files.");
+    return;
+  }
+  let r;
+  try {
+    r = await call("GET", fileUrl(""));
+  } catch (e) {
+    fileNote(`The gateway is unreachable (${e.message}).`, true);
+    return;
+  }
+  if (r.status === 404) {
+    list.replaceChildren();
+    fileNote("No session yet: run code or upload a file to start one.");
+    return;
+  }
+  if (r.status !== 200) {
+    fileNote(explain(r), true);
+    return;
+  }
+  list.replaceChildren(...r.data.files.map((file) => {
+    const item = el("li");
+    item.append(
+      el("code", "name", file.name),
+      el("span", "size", formatSize(file.size)),
+      button("Download", `Download ${file.name}`, () => downloadFile(file.name)),
+      button("Delete", `Delete ${file.name}`, () => deleteFile(file.name)),
+    );
+    return item;
+  }));
+  fileNote(r.data.files.length ? "" : "No files yet.");
+}
+
+/** Uploads the chosen file into the work directory under its own name. */
+async function uploadFile() {
+  const input = $("upload");
+  const file = input.files[0];
+  if (!file) return;
+  fileNote(`Uploading ${file.name}…`);
+  try {
+    const r = await answer(await fetch(fileUrl(file.name), {
+      method: "PUT",
+      headers: { "X-Auth-Token": token(), "Content-Type": "application/octet-stream" },
+      body: file,
+    }));
+    if (r.status !== 200) {
+      fileNote(explain(r), true);
+      return;
+    }
+    input.value = "";
+    await refreshFiles();
+    fileNote(`Uploaded ${r.data.path} (${formatSize(r.data.size)}): code opens it by that name.`);
+  } catch (e) {
+    fileNote(`The gateway is unreachable (${e.message}).`, true);
+  }
+}
+
+/** Fetches a file with the token header and saves it through a Blob URL. */
+async function downloadFile(path) {
+  try {
+    const response = await fetch(fileUrl(path), { headers: { "X-Auth-Token": token() } });
+    if (!response.ok) {
+      fileNote(explain(await answer(response)), true);
+      return;
+    }
+    const url = URL.createObjectURL(await response.blob());
+    const link = el("a");
+    link.href = url;
+    link.download = path.split("/").pop();
+    document.body.append(link);
+    link.click();
+    link.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    fileNote(`Downloaded ${path}.`);
+  } catch (e) {
+    fileNote(`The gateway is unreachable (${e.message}).`, true);
+  }
+}
+
+async function deleteFile(path) {
+  try {
+    const r = await call("DELETE", fileUrl(path));
+    if (r.status !== 200) {
+      fileNote(explain(r), true);
+      return;
+    }
+    await refreshFiles();
+    fileNote(`Deleted ${path}.`);
+  } catch (e) {
+    fileNote(`The gateway is unreachable (${e.message}).`, true);
+  }
 }
 
 function init() {
@@ -210,10 +419,14 @@ function init() {
   localStorage.setItem(USER_KEY, $("user").value);
 
   $("token").addEventListener("change", () => {
-    localStorage.setItem(TOKEN_KEY, $("token").value.trim());
+    localStorage.setItem(TOKEN_KEY, token());
     refreshStatus();
+    refreshFiles();
   });
-  $("user").addEventListener("change", () => localStorage.setItem(USER_KEY, $("user").value.trim()));
+  $("user").addEventListener("change", () => {
+    localStorage.setItem(USER_KEY, user());
+    refreshFiles();
+  });
   $("code").addEventListener("keydown", (e) => {
     if (e.key === "Enter" && (e.ctrlKey || e.metaKey)) {
       e.preventDefault();
@@ -221,10 +434,14 @@ function init() {
     }
   });
   $("run").addEventListener("click", run);
+  $("stop").addEventListener("click", stop);
+  $("upload").addEventListener("change", uploadFile);
+  $("refresh-files").addEventListener("click", refreshFiles);
   $("release").addEventListener("click", release);
   $("new-session").addEventListener("click", newSession);
   $("refresh").addEventListener("click", refreshStatus);
   refreshStatus();
+  refreshFiles();
 }
 
 init();
