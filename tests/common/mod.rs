@@ -209,22 +209,34 @@ impl Gateway {
             .append(true)
             .open(self.scratch.join("gateway.log"))
             .unwrap();
-        let child = self
-            .svc
-            .command(self.scratch.join("code-interpreter").to_str().unwrap())
-            .args([
-                "serve",
-                "--config",
-                self.scratch.join("config.toml").to_str().unwrap(),
-            ])
-            .env("CODE_INTERPRETER_TOKEN", &self.token)
-            .env("CODE_INTERPRETER_INSTANCE", &self.instance)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("starting the gateway");
+        // The copied binary may be "busy" for a moment: a process another test
+        // forks while the copy is open for writing inherits that descriptor
+        // until it execs. Retry instead of failing on that race (ETXTBSY).
+        let mut attempts = 0;
+        let child = loop {
+            let spawned = self
+                .svc
+                .command(self.scratch.join("code-interpreter").to_str().unwrap())
+                .args([
+                    "serve",
+                    "--config",
+                    self.scratch.join("config.toml").to_str().unwrap(),
+                ])
+                .env("CODE_INTERPRETER_TOKEN", &self.token)
+                .env("CODE_INTERPRETER_INSTANCE", &self.instance)
+                .env("RUST_LOG", "info")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log.try_clone().unwrap())
+                .spawn();
+            match spawned {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempts < 50 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                other => break other.expect("starting the gateway"),
+            }
+        };
         self.child = Some(child);
         self.wait_healthy(Duration::from_secs(60)).await;
     }
