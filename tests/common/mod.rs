@@ -165,6 +165,7 @@ impl Gateway {
         let binary = scratch.join("code-interpreter");
         fs::copy(env!("CARGO_BIN_EXE_code-interpreter"), &binary).unwrap();
         fs::set_permissions(&binary, fs::Permissions::from_mode(0o755)).unwrap();
+        wait_until_executable(&svc, &binary);
         let port = free_port();
         let runtime_dir = format!("{}/{instance}", svc.runtime_dir);
         let socket = svc
@@ -436,6 +437,24 @@ impl Drop for Gateway {
             .status();
         let _ = fs::remove_dir_all(&self.scratch);
     }
+}
+
+/// Waits until the freshly copied `binary` runs as the service user. A
+/// process that another test forked while the copy was open for writing holds
+/// that descriptor until it execs; until then exec fails with ETXTBSY.
+fn wait_until_executable(svc: &ServiceUser, binary: &std::path::Path) {
+    for _ in 0..100 {
+        let probe = svc
+            .command(binary.to_str().unwrap())
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output();
+        if matches!(probe, Ok(ref out) if out.status.success()) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{} does not run as the service user", binary.display());
 }
 
 /// A free loopback port (bound, then released for the gateway).
