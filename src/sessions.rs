@@ -170,10 +170,17 @@ impl Sessions {
             if !create {
                 return Err(SessionError::NoSession);
             }
-            let worker = self.pool.take().await.map_err(|e| match e {
-                TakeError::Full => SessionError::Full,
-                TakeError::Failed(e) => SessionError::WorkerUnavailable(format!("{e:#}")),
-            })?;
+            let worker = match self.pool.take().await {
+                Ok(worker) => worker,
+                Err(e) => {
+                    drop(slot);
+                    self.forget_if_empty(user, &session);
+                    return Err(match e {
+                        TakeError::Full => SessionError::Full,
+                        TakeError::Failed(e) => SessionError::WorkerUnavailable(format!("{e:#}")),
+                    });
+                }
+            };
             tracing::info!(worker = worker.id, "session started");
             self.registry.assign(&worker.id, user, unix_now());
             Metrics::bump(&self.metrics.sessions_created);
@@ -184,6 +191,18 @@ impl Sessions {
             session_created,
             _pending: pending,
         })
+    }
+
+    /// Removes `session` from the table if it never got a worker and no other
+    /// request of the user waits for it (a user refused with 503 leaves nothing).
+    fn forget_if_empty(&self, user: &str, session: &Arc<Session>) {
+        let mut table = self.table.lock().unwrap();
+        let ours = table.get(user).is_some_and(|s| Arc::ptr_eq(s, session));
+        let alone = session.pending.load(Ordering::SeqCst) == 1;
+        let empty = session.worker.try_lock().is_ok_and(|slot| slot.is_none());
+        if ours && alone && empty {
+            table.remove(user);
+        }
     }
 
     /// Passes a result through; on failure destroys the worker (it is suspect

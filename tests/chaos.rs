@@ -224,6 +224,11 @@ async fn a_full_gateway_answers_503_then_recovers() {
         .unwrap();
     assert_eq!(response.status(), 503);
     assert!(response.headers().get("retry-after").is_some());
+    assert_eq!(
+        gw.status().await["sessions"],
+        2,
+        "a refused user holds no session"
+    );
     // Existing users are unaffected.
     assert_eq!(
         gw.run("first", "print('fine')").await["result_text"],
