@@ -69,13 +69,24 @@ main() {
 	printf '{"transport":"ipc","ip":"/run/kernel/k","shell_port":1,"iopub_port":2,"stdin_port":3,"control_port":4,"hb_port":5,"key":"%s","signature_scheme":"hmac-sha256","kernel_name":"python3"}\n' "$key" |
 		svc_write "$dir/connection.json"
 	svc_run chmod 0666 "$dir/connection.json"
+	# The loopback-only ruleset the gateway builds (src/worker/firewall.rs), by hand.
+	local chains="" rules="" chain
+	for chain in input output forward; do
+		chains+=$(printf '{"add":{"chain":{"family":"inet","table":"code_interpreter","name":"%s","type":"filter","hook":"%s","prio":0,"policy":"drop"}}},' "$chain" "$chain")
+	done
+	rules+='{"add":{"rule":{"family":"inet","table":"code_interpreter","chain":"input","expr":[{"match":{"op":"==","left":{"meta":{"key":"iifname"}},"right":"lo"}},{"accept":null}]}}},'
+	rules+='{"add":{"rule":{"family":"inet","table":"code_interpreter","chain":"output","expr":[{"match":{"op":"==","left":{"meta":{"key":"oifname"}},"right":"lo"}},{"accept":null}]}}}'
+	printf '{"nftables":[{"add":{"table":{"family":"inet","name":"code_interpreter"}}},%s%s]}\n' "$chains" "$rules" |
+		svc_write "$dir/ruleset.json"
 
 	local t0
 	t0=$(date +%s.%N)
 	svc_podman run -d --name "$name" --label "$WORKER_LABEL=1" \
-		--network none --user 1000:1000 --cap-drop all --security-opt no-new-privileges --read-only \
-		--tmpfs /tmp:rw,size=512m,mode=1777 --tmpfs /home/sandbox:rw,size=512m,mode=1777 \
+		--network none --user 0:0 --cap-drop all \
+		--cap-add NET_ADMIN --cap-add SETUID --cap-add SETGID --cap-add SETPCAP --read-only \
+		--tmpfs /tmp:rw,size=100m,mode=1777 --tmpfs /home/sandbox:rw,size=500m,mode=1777 \
 		--ulimit nofile=1024:1024 --ulimit nproc=1024:1024 --init --workdir /home/sandbox \
+		-e CI_LIMIT_AS=$((2048 << 20)) -e CI_LIMIT_FSIZE=$((500 << 20)) \
 		-v "$dir:/run/kernel:rw" "$WORKER_IMAGE" >/dev/null
 
 	local rc=0
