@@ -107,9 +107,7 @@ impl Pool {
             if let Some(worker) = next {
                 self.refill.notify_one();
                 if worker.kernel.is_dead() {
-                    tracing::warn!(worker = worker.id, "idle worker died; destroying it");
-                    Metrics::bump(&self.metrics.kernel_failures);
-                    self.destroy(worker.into_remains());
+                    self.discard_dead(worker);
                     continue;
                 }
                 return Ok(worker);
@@ -208,10 +206,15 @@ impl Pool {
             dead
         };
         for worker in dead {
-            tracing::warn!(worker = worker.id, "idle worker died; destroying it");
-            Metrics::bump(&self.metrics.kernel_failures);
-            self.destroy(worker.into_remains());
+            self.discard_dead(worker);
         }
+    }
+
+    /// Counts and destroys an idle worker whose kernel died.
+    fn discard_dead(self: &Arc<Self>, worker: Worker) {
+        tracing::warn!(worker = worker.id, "idle worker died; destroying it");
+        Metrics::bump(&self.metrics.kernel_failures);
+        self.destroy(worker.into_remains());
     }
 
     fn reserve_slot(&self) -> bool {
