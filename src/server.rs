@@ -90,7 +90,6 @@ pub async fn run(config: Config) -> Result<()> {
         pool: Arc::clone(&pool),
         metrics,
         host,
-        host_capacity,
         podman_version,
         started: Instant::now(),
     });

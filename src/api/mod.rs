@@ -44,7 +44,6 @@ pub struct AppState {
     pub pool: Arc<Pool>,
     pub metrics: Arc<Metrics>,
     pub host: HostInfo,
-    pub host_capacity: usize,
     pub podman_version: String,
     pub started: Instant,
 }
@@ -286,7 +285,6 @@ pub(crate) fn test_state() -> (Arc<AppState>, TestDir) {
         sessions,
         pool,
         metrics,
-        host_capacity: host.capacity(1024),
         host,
         podman_version: "test".into(),
         started: Instant::now(),

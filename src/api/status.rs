@@ -40,7 +40,7 @@ pub fn handle(state: Arc<AppState>) -> Response {
         "creating_workers": pool.creating,
         "capacity": {
             "max_workers": pool.max_workers,
-            "host_capacity": state.host_capacity,
+            "host_capacity": state.host.capacity(state.config.limits.memory_mb),
             "min_idle": pool.min_idle,
             "free_slots": pool.max_workers.saturating_sub(pool.alive),
         },
