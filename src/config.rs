@@ -209,8 +209,12 @@ pub struct PoolConfig {
 pub struct ExecutionConfig {
     /// Hard timeout of one `/execute`, seconds; a request may ask for less, never more.
     pub timeout_secs: f64,
-    /// Output kept per execution (text and images), bytes; the rest is cut with a marker.
+    /// Bytes of output one execution may send back: the whole response body
+    /// (and, streamed, its events too); the rest is dropped with a marker.
     pub max_output_bytes: usize,
+    /// Bytes past the cap one execution may still make the gateway read and
+    /// throw away; a worker that sends more is destroyed (502).
+    pub max_flood_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -265,6 +269,7 @@ impl Default for ExecutionConfig {
         Self {
             timeout_secs: 30.0,
             max_output_bytes: 8 * 1024 * 1024,
+            max_flood_bytes: 256 * 1024 * 1024,
         }
     }
 }
@@ -329,6 +334,9 @@ impl Config {
         }
         if !(self.execution.timeout_secs > 0.0 && self.execution.timeout_secs <= 86_400.0) {
             bail!("execution.timeout_secs must be in (0, 86400]");
+        }
+        if self.execution.max_output_bytes < 64 * 1024 {
+            bail!("execution.max_output_bytes must be at least 65536");
         }
         let limits = &self.limits;
         if !(limits.cpus > 0.0 && limits.cpus <= 1024.0) {

@@ -2,7 +2,8 @@
 //!
 //! Start-up checks Podman, removes workers an earlier run left behind, starts
 //! the warm pool and binds the API. On SIGTERM or SIGINT the server stops
-//! accepting, lets running requests finish, and removes this instance's workers.
+//! accepting, lets running requests finish, and leaves the workers running
+//! for the next start to re-adopt (`scripts/stop.sh` removes them).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::api::{self, AppState};
 use crate::auth::Token;
 use crate::config::Config;
 use crate::host::{CgroupSupport, HostInfo};
+use crate::kernel::OutputLimits;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::sessions::{Expiry, Sessions};
@@ -55,7 +57,10 @@ pub async fn run(config: Config) -> Result<()> {
         Arc::clone(&pool),
         Arc::clone(&metrics),
         config.server.max_queue_per_user,
-        config.execution.max_output_bytes,
+        OutputLimits {
+            max_output_bytes: config.execution.max_output_bytes,
+            max_flood_bytes: config.execution.max_flood_bytes,
+        },
         Expiry {
             idle_timeout: Duration::from_secs(config.sessions.idle_timeout_secs),
             max_age: Duration::from_secs(config.sessions.max_age_secs),

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::kernel::client::OutputSink;
-use crate::kernel::{ExecuteError, Execution, KernelClient};
+use crate::kernel::outputs::OutputSink;
+use crate::kernel::{ExecuteError, Execution, KernelClient, OutputLimits};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, TakeError};
 use crate::state::{unix_now, Registry};
@@ -23,8 +23,10 @@ use crate::worker::Worker;
 pub enum SessionError {
     /// The code ran past its deadline; the worker was destroyed.
     Timeout(Duration),
-    /// The kernel died or misbehaved; the worker was destroyed.
+    /// The kernel died or stopped answering; the worker was destroyed.
     KernelFailed(String),
+    /// The worker broke the protocol or a bound; it was destroyed.
+    Misbehaved(String),
     /// No capacity for a new worker.
     Full,
     /// A worker could not be started.
@@ -68,7 +70,7 @@ pub struct Sessions {
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
     max_queue: usize,
-    max_output_bytes: usize,
+    output_limits: OutputLimits,
     expiry: Expiry,
     registry: Arc<Registry>,
     /// Executions running right now.
@@ -86,7 +88,7 @@ impl Sessions {
         pool: Arc<Pool>,
         metrics: Arc<Metrics>,
         max_queue: usize,
-        max_output_bytes: usize,
+        output_limits: OutputLimits,
         expiry: Expiry,
         registry: Arc<Registry>,
     ) -> Self {
@@ -95,7 +97,7 @@ impl Sessions {
             pool,
             metrics,
             max_queue,
-            max_output_bytes,
+            output_limits,
             expiry,
             registry,
             busy: AtomicUsize::new(0),
@@ -120,7 +122,7 @@ impl Sessions {
         let deadline = tokio::time::Instant::now() + timeout;
         let kernel = &mut lease.worker_mut().kernel;
         let result = kernel
-            .execute(code, deadline, self.max_output_bytes, sink.as_ref())
+            .execute(code, deadline, &self.output_limits, sink.as_ref())
             .await;
         let execution = self.settle(&mut lease, result, timeout)?;
         if execution.status != "ok" {
@@ -229,6 +231,10 @@ impl Sessions {
                 Metrics::bump(&self.metrics.kernel_failures);
                 SessionError::KernelFailed(format!("{e:#}"))
             }
+            ExecuteError::Protocol(why) => {
+                Metrics::bump(&self.metrics.protocol_violations);
+                SessionError::Misbehaved(why)
+            }
             ExecuteError::Abandoned => {
                 Metrics::bump(&self.metrics.abandoned);
                 SessionError::Abandoned
@@ -304,11 +310,22 @@ impl Sessions {
     fn discard_if_dead(&self, slot: &mut Option<Worker>) {
         if slot.as_ref().is_some_and(|w| w.kernel.is_dead()) {
             let worker = slot.take().expect("checked above");
-            tracing::warn!(
-                worker = worker.id,
-                "session's kernel died while idle; destroying it"
-            );
-            Metrics::bump(&self.metrics.kernel_failures);
+            match worker.kernel.violation() {
+                Some(why) => {
+                    tracing::warn!(
+                        worker = worker.id,
+                        "destroying worker: it broke the protocol: {why}"
+                    );
+                    Metrics::bump(&self.metrics.protocol_violations);
+                }
+                None => {
+                    tracing::warn!(
+                        worker = worker.id,
+                        "session's kernel died while idle; destroying it"
+                    );
+                    Metrics::bump(&self.metrics.kernel_failures);
+                }
+            }
             self.pool.destroy(worker.into_remains());
         }
     }

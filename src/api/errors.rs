@@ -85,6 +85,11 @@ impl From<SessionError> for ApiError {
             format!("the kernel failed ({why}); the session was reset"),
         )
         .with_session_reset(),
+        SessionError::Misbehaved(why) => ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("the worker misbehaved and was destroyed ({why}); the session was reset"),
+        )
+        .with_session_reset(),
         SessionError::Full => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "all workers are in use; try again later",

@@ -274,7 +274,10 @@ pub(crate) fn test_state() -> (Arc<AppState>, TestDir) {
         Arc::clone(&pool),
         Arc::clone(&metrics),
         8,
-        1024,
+        crate::kernel::OutputLimits {
+            max_output_bytes: 1 << 20,
+            max_flood_bytes: 1 << 20,
+        },
         expiry,
         registry,
     ));

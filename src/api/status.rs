@@ -58,7 +58,7 @@ pub fn handle(state: Arc<AppState>) -> Response {
             "max_code_bytes": state.config.server.max_code_bytes,
             "max_output_bytes": state.config.execution.max_output_bytes,
         },
-        "counters": state.metrics.snapshot(),
+        "counters": &*state.metrics,
         "uptime_secs": state.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),
     }))

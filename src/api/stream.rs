@@ -53,10 +53,9 @@ fn output_events(
 ) -> impl Stream<Item = Result<Event, Infallible>> {
     stream::unfold(outputs, |mut outputs| async move {
         let output = outputs.recv().await?;
-        let value = serde_json::to_value(&output).expect("outputs serialise");
-        let name = value["type"].as_str().unwrap_or("output").to_string();
+        let data = serde_json::to_string(&output).expect("outputs serialise");
         Some((
-            Ok(Event::default().event(name).data(value.to_string())),
+            Ok(Event::default().event(output.kind()).data(data)),
             outputs,
         ))
     })

@@ -14,6 +14,8 @@ pub const IOPUB: u16 = 2;
 pub const STDIN: u16 = 3;
 pub const CONTROL: u16 = 4;
 pub const HEARTBEAT: u16 = 5;
+/// Every channel's port.
+pub const PORTS: [u16; 5] = [SHELL, IOPUB, STDIN, CONTROL, HEARTBEAT];
 
 /// File name prefix of the sockets inside the worker directory.
 const SOCKET_PREFIX: &str = "k";
@@ -50,11 +52,6 @@ impl ConnectionInfo {
     pub fn socket_path(&self, port: u16) -> PathBuf {
         socket_path(&self.host_dir, port)
     }
-
-    /// The ZeroMQ endpoint of `port` on the gateway's side.
-    pub fn endpoint(&self, port: u16) -> String {
-        format!("ipc://{}", self.socket_path(port).display())
-    }
 }
 
 fn socket_path(dir: &Path, port: u16) -> PathBuf {
@@ -74,8 +71,8 @@ mod tests {
         };
         assert_eq!(info.kernel_file()["ip"], "/run/kernel/k");
         assert_eq!(
-            info.endpoint(SHELL),
-            "ipc:///run/user/1000/ci/workers/w1/k-1"
+            info.socket_path(SHELL),
+            std::path::Path::new("/run/user/1000/ci/workers/w1/k-1")
         );
     }
 }

@@ -1,16 +1,17 @@
-//! A Jupyter kernel client over ZeroMQ, knowing nothing of HTTP or Podman.
+//! A Jupyter kernel client, knowing nothing of HTTP or Podman.
 //!
-//! `wire` encodes and signs protocol messages, `connection` describes where a
-//! kernel listens, `client` runs executions, `heartbeat` watches that the
-//! kernel lives and `outputs` turns the kernel's IOPub messages into the
-//! API's result.
+//! `zmtp` speaks ZeroMQ's wire protocol with a bound on every length, `wire`
+//! encodes and signs Jupyter messages, `connection` describes where a kernel
+//! listens, `client` runs executions, `heartbeat` guards that the kernel lives
+//! and behaves, and `outputs` collects an execution's outputs within the cap.
 
 pub mod client;
 pub mod connection;
 pub mod heartbeat;
 pub mod outputs;
 pub mod wire;
+pub mod zmtp;
 
 pub use client::{ExecuteError, KernelClient};
 pub use connection::ConnectionInfo;
-pub use outputs::Execution;
+pub use outputs::{Execution, OutputLimits};

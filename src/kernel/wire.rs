@@ -5,35 +5,41 @@
 //! JSON frames. Messages with a bad signature are refused, so only a holder of
 //! the per-worker key can speak for the kernel.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
+use serde::Deserialize;
 use serde_json::{json, Value};
 use sha2::Sha256;
-use zeromq::ZmqMessage;
 
 use crate::random;
 
 const DELIMITER: &[u8] = b"<IDS|MSG>";
 const PROTOCOL_VERSION: &str = "5.3";
+/// Largest header or parent header accepted (ours are about 200 bytes).
+const MAX_HEADER: usize = 64 * 1024;
 
-/// A decoded protocol message.
+/// A decoded protocol message: the header fields the gateway routes on, and
+/// the content still as JSON bytes (parsed later into the type its
+/// `msg_type` calls for, never into a generic tree).
 #[derive(Debug, Clone)]
 pub struct Message {
-    pub header: Value,
-    pub parent_header: Value,
-    pub content: Value,
+    pub msg_type: String,
+    /// The `msg_id` of the request this message answers ("" if none).
+    pub parent_id: String,
+    pub content: Bytes,
 }
 
-impl Message {
-    pub fn msg_type(&self) -> &str {
-        self.header["msg_type"].as_str().unwrap_or("")
-    }
+#[derive(Deserialize)]
+struct Header {
+    #[serde(default)]
+    msg_type: String,
+}
 
-    /// The `msg_id` of the request this message answers, if any.
-    pub fn parent_id(&self) -> &str {
-        self.parent_header["msg_id"].as_str().unwrap_or("")
-    }
+#[derive(Deserialize)]
+struct ParentHeader {
+    #[serde(default)]
+    msg_id: String,
 }
 
 /// Signs and checks messages for one kernel, and names our client session.
@@ -55,13 +61,13 @@ impl Codec {
     }
 
     /// Builds a signed request; returns its `msg_id` and the frames to send.
-    pub fn request(&self, msg_type: &str, content: Value) -> (String, ZmqMessage) {
+    pub fn request(&self, msg_type: &str, content: Value) -> (String, Vec<Bytes>) {
         let msg_id = random::hex(16);
         let header = json!({
             "msg_id": msg_id,
             "session": self.session,
             "username": "code-interpreter",
-            "date": now_iso8601(),
+            "date": humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string(),
             "msg_type": msg_type,
             "version": PROTOCOL_VERSION,
         });
@@ -78,66 +84,43 @@ impl Codec {
         let signature = hex::encode(mac.finalize().into_bytes());
         let mut frames = vec![Bytes::from_static(DELIMITER), Bytes::from(signature)];
         frames.extend(parts);
-        let message = ZmqMessage::try_from(frames).expect("a request has frames");
-        (msg_id, message)
+        (msg_id, frames)
     }
 
-    /// Parses and verifies a message received on any channel.
-    pub fn decode(&self, message: ZmqMessage) -> Result<Message> {
-        let frames = message.into_vec();
+    /// Parses and verifies a message received on any channel. Every error
+    /// means the worker broke the protocol (only the kernel holds the key).
+    pub fn decode(&self, frames: Vec<Bytes>) -> Result<Message> {
         let at = frames
             .iter()
             .position(|f| f.as_ref() == DELIMITER)
-            .ok_or_else(|| anyhow!("kernel message without <IDS|MSG> delimiter"))?;
+            .ok_or_else(|| anyhow!("a message without the <IDS|MSG> delimiter"))?;
         let rest = &frames[at + 1..];
         if rest.len() < 5 {
-            bail!(
-                "kernel message with {} frames after the delimiter",
+            return Err(anyhow!(
+                "a message with {} frames after the delimiter",
                 rest.len()
-            );
+            ));
+        }
+        if rest[1].len() > MAX_HEADER || rest[2].len() > MAX_HEADER {
+            return Err(anyhow!("a message header over {MAX_HEADER} bytes"));
         }
         let mut mac = self.mac();
         for part in &rest[1..5] {
             mac.update(part);
         }
-        let expected = hex::decode(&rest[0]).map_err(|_| anyhow!("kernel signature is not hex"))?;
+        let expected = hex::decode(&rest[0]).map_err(|_| anyhow!("a signature that is not hex"))?;
         mac.verify_slice(&expected)
-            .map_err(|_| anyhow!("kernel message with a bad signature"))?;
-        let parse = |frame: &Bytes, what: &str| -> Result<Value> {
-            serde_json::from_slice(frame).map_err(|e| anyhow!("kernel {what} is not JSON: {e}"))
-        };
+            .map_err(|_| anyhow!("a message with a bad signature"))?;
+        let header: Header = serde_json::from_slice(&rest[1])
+            .map_err(|e| anyhow!("a header that is not a JSON object: {e}"))?;
+        let parent: ParentHeader = serde_json::from_slice(&rest[2])
+            .map_err(|e| anyhow!("a parent header that is not a JSON object: {e}"))?;
         Ok(Message {
-            header: parse(&rest[1], "header")?,
-            parent_header: parse(&rest[2], "parent header")?,
-            content: parse(&rest[4], "content")?,
+            msg_type: header.msg_type,
+            parent_id: parent.msg_id,
+            content: rest[4].clone(),
         })
     }
-}
-
-/// Current UTC time as ISO 8601 with microseconds, as Jupyter headers carry it.
-fn now_iso8601() -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = now.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil-from-days (Howard Hinnant), valid for the whole proleptic Gregorian calendar.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        now.subsec_micros()
-    )
 }
 
 #[cfg(test)]
@@ -149,25 +132,17 @@ mod tests {
         let codec = Codec::new("k3y");
         let (id, message) = codec.request("kernel_info_request", json!({}));
         let decoded = codec.decode(message).unwrap();
-        assert_eq!(decoded.header["msg_id"], id);
-        assert_eq!(decoded.msg_type(), "kernel_info_request");
+        assert_eq!(decoded.msg_type, "kernel_info_request");
+        assert_eq!(decoded.parent_id, "");
+        assert!(!id.is_empty());
     }
 
     #[test]
     fn a_wrong_key_or_tampered_frame_is_refused() {
         let (_, message) = Codec::new("k3y").request("execute_request", json!({"code": "1"}));
         assert!(Codec::new("other").decode(message.clone()).is_err());
-        let mut frames = message.into_vec();
+        let mut frames = message;
         frames[5] = Bytes::from_static(b"{\"code\": \"2\"}");
-        assert!(Codec::new("k3y")
-            .decode(ZmqMessage::try_from(frames).unwrap())
-            .is_err());
-    }
-
-    #[test]
-    fn dates_look_like_iso8601() {
-        let date = now_iso8601();
-        assert_eq!(date.len(), 27, "{date}");
-        assert!(date.starts_with("20") && date.ends_with('Z'));
+        assert!(Codec::new("k3y").decode(frames).is_err());
     }
 }

@@ -330,10 +330,7 @@ fn seal_worker_dir(dir: &Path) -> Result<()> {
 async fn wait_for_sockets(info: &ConnectionInfo, within: Duration) -> Result<()> {
     let deadline = tokio::time::Instant::now() + within;
     let error_file = info.host_dir.join(STARTUP_ERROR_FILE);
-    let sockets = [
-        info.socket_path(crate::kernel::connection::SHELL),
-        info.socket_path(crate::kernel::connection::IOPUB),
-    ];
+    let sockets = crate::kernel::connection::PORTS.map(|port| info.socket_path(port));
     loop {
         if let Ok(reason) = fs::read_to_string(&error_file) {
             anyhow::bail!("the worker refused to start: {}", reason.trim());

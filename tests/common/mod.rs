@@ -242,6 +242,11 @@ impl Gateway {
         self.wait_healthy(Duration::from_secs(60)).await;
     }
 
+    /// The gateway process's id (setpriv execs it, so it is the child's).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the gateway is running").id()
+    }
+
     /// Kills the gateway with SIGKILL (a crash) and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
