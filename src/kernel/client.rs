@@ -169,6 +169,12 @@ impl KernelClient {
         .map_err(|_| anyhow!("connecting to the kernel took longer than {within:?}"))??;
         let mut client = connected;
         client.handshake(deadline).await?;
+        // The guard watched the other channels meanwhile: behave from the first byte.
+        if let Some(why) = client.violation() {
+            return Err(anyhow!(
+                "the worker broke the protocol while connecting: {why}"
+            ));
+        }
         Ok(client)
     }
 

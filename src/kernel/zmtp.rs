@@ -376,7 +376,7 @@ impl Reader {
             self.size = self.size.saturating_add(len);
             if self.size > ceiling {
                 return Err(violation(format!(
-                    "a message of at least {} bytes (the bound is {ceiling})",
+                    "a message of at least {} bytes, more than the {ceiling} it may still send",
                     self.size
                 )));
             }
@@ -452,8 +452,11 @@ fn split_command(body: &[u8]) -> Result<(&[u8], &[u8]), WireError> {
     Ok((&body[1..1 + n], &body[1 + n..]))
 }
 
-/// One metadata property: name, value and the rest.
-fn split_property(props: &[u8]) -> Result<(&[u8], &[u8], &[u8]), WireError> {
+/// One metadata property of a command: name, value, and the properties after it.
+type Property<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// Splits the first metadata property off `props`.
+fn split_property(props: &[u8]) -> Result<Property<'_>, WireError> {
     let bad = || violation("a malformed property in the peer's READY");
     let n = *props.first().ok_or_else(bad)? as usize;
     let name = props.get(1..1 + n).ok_or_else(bad)?;
