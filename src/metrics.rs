@@ -20,6 +20,20 @@ pub struct Metrics {
     pub worker_start_failures: AtomicU64,
     pub workers_adopted: AtomicU64,
     pub workers_discarded: AtomicU64,
+    /// Connections accepted by the HTTP front (src/front/).
+    pub connections_accepted: AtomicU64,
+    /// Connections refused with 503: the limit was full of requests in flight.
+    pub connections_refused: AtomicU64,
+    /// Waiting connections closed to make room for a new one.
+    pub connections_evicted: AtomicU64,
+    /// Connections closed because a request head took too long.
+    pub header_timeouts: AtomicU64,
+    /// Keep-alive connections closed after their idle timeout.
+    pub idle_timeouts: AtomicU64,
+    /// Request bodies that arrived too slowly (answered 408).
+    pub body_timeouts: AtomicU64,
+    /// Connections open now (a gauge, not a counter; not in the snapshot).
+    pub connections_open: AtomicU64,
 }
 
 /// A point-in-time copy of the counters, for JSON.
@@ -38,6 +52,12 @@ pub struct Snapshot {
     pub worker_start_failures: u64,
     pub workers_adopted: u64,
     pub workers_discarded: u64,
+    pub connections_accepted: u64,
+    pub connections_refused: u64,
+    pub connections_evicted: u64,
+    pub header_timeouts: u64,
+    pub idle_timeouts: u64,
+    pub body_timeouts: u64,
 }
 
 impl Metrics {
@@ -61,6 +81,12 @@ impl Metrics {
             worker_start_failures: get(&self.worker_start_failures),
             workers_adopted: get(&self.workers_adopted),
             workers_discarded: get(&self.workers_discarded),
+            connections_accepted: get(&self.connections_accepted),
+            connections_refused: get(&self.connections_refused),
+            connections_evicted: get(&self.connections_evicted),
+            header_timeouts: get(&self.header_timeouts),
+            idle_timeouts: get(&self.idle_timeouts),
+            body_timeouts: get(&self.body_timeouts),
         }
     }
 }
