@@ -106,9 +106,15 @@ pub async fn run(config: Config) -> Result<()> {
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = warp::service(api::routes(Arc::clone(&state)));
-    let server = front::serve(listener, service, limits, Arc::clone(&state.metrics), async {
-        let _ = stopped.await;
-    });
+    let server = front::serve(
+        listener,
+        service,
+        limits,
+        Arc::clone(&state.metrics),
+        async {
+            let _ = stopped.await;
+        },
+    );
     tokio::pin!(server);
     tokio::select! {
         _ = &mut server => {}

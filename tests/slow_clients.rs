@@ -34,25 +34,27 @@ fn front_options(extra_server: &str) -> Options {
     }
 }
 
-/// Raises this process's soft RLIMIT_NOFILE to at least `n` (within the hard limit).
-fn raise_nofile(n: u64) {
+/// Sets this process's soft RLIMIT_NOFILE to `n` (within the hard limit)
+/// and returns what it was.
+fn set_soft_nofile(n: u64) -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: plain syscalls on a struct we own.
-    unsafe {
+    let before = unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur < n {
-            limit.rlim_cur = n.min(limit.rlim_max);
-            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        }
-    }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = n.min(limit.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        before
+    };
     assert!(
         limit.rlim_cur >= n,
         "the hard open-file limit {} is below the {n} this test needs",
         limit.rlim_max
     );
+    before
 }
 
 /// The soft "Max open files" of a process.
@@ -123,12 +125,15 @@ struct Held {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_open_floods_and_trickled_bodies_do_not_shut_out_anyone() {
+    // The gateway starts with the soft open-file limit many systems give
+    // (1024) and raises it itself to fit 1024 connections, 4 workers'
+    // sockets and a margin.
+    let ours = set_soft_nofile(1024);
     let gw = Gateway::start(front_options("")).await;
-    // The gateway raised its own soft limit to fit 1024 connections, 4
-    // workers' sockets and a margin (it inherited ours, 1024 here).
+    set_soft_nofile(ours.max(FLOOD as u64 + 512));
     let gateway_nofile = soft_nofile(gw.pid());
+    eprintln!("the gateway raised its soft open-file limit from 1024 to {gateway_nofile}");
     assert!(gateway_nofile >= 1024 + 4 * 4 + 256, "{gateway_nofile}");
-    raise_nofile(FLOOD as u64 + 512);
 
     // A user with state, and one whose upload will be trickled.
     gw.run("keeper", "a = 1").await;
@@ -179,12 +184,19 @@ async fn half_open_floods_and_trickled_bodies_do_not_shut_out_anyone() {
         })
         .collect();
 
-    // While they are held, /health (a new connection) and the existing
-    // session (the harness's client) answer promptly.
+    // Once the gateway has taken them all in, every slot is taken.
+    tokio::time::sleep_until((flood_started + Duration::from_secs(1)).into()).await;
     let fresh = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
+    let connections = gw.status().await["connections"].clone();
+    eprintln!("connections while held: {connections}");
+    assert_eq!(connections["open"], connections["max"], "{connections}");
+    assert_eq!(connections["max"], 1024);
+
+    // While they are held, /health (a new connection) and the existing
+    // session (the harness's client) answer promptly.
     let t = Instant::now();
     let health = fresh
         .get(format!("{}/health", gw.url))
@@ -203,7 +215,10 @@ async fn half_open_floods_and_trickled_bodies_do_not_shut_out_anyone() {
          print(a) {session_latency:?}, both done {answered_after_flood:?} after the flood began"
     );
     assert!(health_latency < PROMPT, "/health took {health_latency:?}");
-    assert!(session_latency < PROMPT, "print(a) took {session_latency:?}");
+    assert!(
+        session_latency < PROMPT,
+        "print(a) took {session_latency:?}"
+    );
     // Both came while every connection of the flood was still within its header timeout.
     assert!(
         answered_after_flood < Duration::from_secs(TIMEOUT),
@@ -235,18 +250,35 @@ async fn half_open_floods_and_trickled_bodies_do_not_shut_out_anyone() {
     // The trickled bodies got 408 after the grace period, and the upload
     // gave the user's turn back.
     let (answer, after) = execute.await.unwrap();
-    eprintln!("trickled /execute: {:?} after {after:?}", status_of(&answer));
-    assert_eq!(status_of(&answer), Some(408), "{}", String::from_utf8_lossy(&answer));
+    eprintln!(
+        "trickled /execute: {:?} after {after:?}",
+        status_of(&answer)
+    );
+    assert_eq!(
+        status_of(&answer),
+        Some(408),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     assert!(String::from_utf8_lossy(&answer).contains("\"detail\""));
     assert!(after <= Duration::from_secs(TIMEOUT) + SLACK + Duration::from_secs(1));
     let (answer, after) = upload.await.unwrap();
     eprintln!("trickled upload: {:?} after {after:?}", status_of(&answer));
-    assert_eq!(status_of(&answer), Some(408), "{}", String::from_utf8_lossy(&answer));
+    assert_eq!(
+        status_of(&answer),
+        Some(408),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     assert!(after <= Duration::from_secs(TIMEOUT) + SLACK + Duration::from_secs(1));
     let t = Instant::now();
     let turn = gw.run("uploader", "print(b)").await;
     assert_eq!(turn["result_text"], "2\n");
-    assert!(t.elapsed() < PROMPT, "the uploader waited {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < PROMPT,
+        "the uploader waited {:?}",
+        t.elapsed()
+    );
 
     let status = gw.status().await;
     let counters = &status["counters"];
@@ -279,6 +311,9 @@ async fn idle_keepalive_connections_are_closed() {
     assert!(rest.is_empty());
     assert!(idle >= Duration::from_secs(TIMEOUT) - Duration::from_millis(100));
     assert!(idle <= Duration::from_secs(TIMEOUT) + SLACK, "{idle:?}");
+    // The harness's own pooled connection idled as long and was closed at
+    // the same moment: let its client see that before it is used again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(gw.status().await["counters"]["idle_timeouts"].as_u64() >= Some(1));
 }
 
@@ -313,6 +348,10 @@ async fn a_limit_full_of_requests_in_flight_refuses_with_503() {
     assert_eq!(status_of(&refused), Some(503), "{text}");
     assert!(text.contains("connection: close"), "{text}");
     let json = text.split("\r\n\r\n").nth(1).unwrap();
+    assert!(
+        text.contains(&format!("content-length: {}\r\n", json.len())),
+        "{text}"
+    );
     let detail: serde_json::Value = serde_json::from_str(json).unwrap();
     assert!(detail["detail"].is_string());
     // Once the trickles have timed out, the gateway answers again.
@@ -328,5 +367,8 @@ async fn a_limit_full_of_requests_in_flight_refuses_with_503() {
         .unwrap();
     assert_eq!(health.status(), 200);
     let counters = gw.status().await["counters"].clone();
-    assert!(counters["connections_refused"].as_u64() >= Some(1), "{counters}");
+    assert!(
+        counters["connections_refused"].as_u64() >= Some(1),
+        "{counters}"
+    );
 }

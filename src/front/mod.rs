@@ -34,7 +34,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,19 +54,20 @@ use crate::metrics::Metrics;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The answer to a connection refused at the limit (every slot has a request in flight).
-const REFUSAL: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
-content-type: application/json\r\n\
-retry-after: 1\r\n\
-connection: close\r\n\
-content-length: 58\r\n\r\n\
-{\"detail\":\"too many open connections; try again shortly\"}";
+/// The body of the answer to a connection refused at the limit (every slot
+/// has a request in flight).
+const REFUSAL_BODY: &str = r#"{"detail":"too many open connections; try again shortly"}"#;
 /// Refused connections answered at once at most; past that they are just closed.
 const MAX_REFUSALS: usize = 64;
 /// How long a refused connection may take to receive its 503.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
 /// Pause after an accept error that is not about the connection itself.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// Accept failures are logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+/// Pause after evicting a connection for want of descriptors, so that it is
+/// closed before the next accept tries again.
+const EVICT_PAUSE: Duration = Duration::from_millis(5);
 
 /// The front's limits, from `[server]` of the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +125,8 @@ fn choose_victim(connections: impl IntoIterator<Item = (u64, Phase)>) -> Option<
 /// One connection's shared state: its phase, and how its task is told of changes.
 struct Tracker {
     phase: Mutex<Phase>,
+    /// Some bytes ever arrived: a connection without any may be dropped at shutdown.
+    received_any: AtomicBool,
     /// The phase changed: the connection task recomputes its deadline.
     changed: Notify,
     /// Closed to make room for a newcomer.
@@ -134,6 +137,7 @@ impl Tracker {
     fn new(now: Instant) -> Self {
         Self {
             phase: Mutex::new(Phase::Head(now)),
+            received_any: AtomicBool::new(false),
             changed: Notify::new(),
             evicted: Notify::new(),
         }
@@ -150,6 +154,7 @@ impl Tracker {
 
     /// Bytes arrived: a pause between requests ends, the next head begins.
     fn bytes_arrived(&self) {
+        self.received_any.store(true, Ordering::Relaxed);
         let mut phase = self.phase.lock().unwrap();
         if let Phase::Idle(_) = *phase {
             *phase = Phase::Head(Instant::now());
@@ -249,6 +254,7 @@ pub async fn serve<S, B>(
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let (stop, stopping) = watch::channel(false);
     let mut shutdown = std::pin::pin!(shutdown);
+    let mut last_warning = None;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -260,8 +266,13 @@ pub async fn serve<S, B>(
             Err(e) => {
                 // Out of file descriptors (EMFILE/ENFILE) or memory: make room
                 // by closing the longest-waiting connection, else pause.
-                if !table.evict_one() {
-                    tracing::warn!("accept failed: {e}");
+                if table.evict_one() {
+                    tokio::time::sleep(EVICT_PAUSE).await;
+                } else {
+                    if last_warning.is_none_or(|at: Instant| at.elapsed() >= WARN_EVERY) {
+                        tracing::warn!("accept failed: {e}");
+                        last_warning = Some(Instant::now());
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
                 continue;
@@ -311,8 +322,13 @@ fn is_connection_error(e: &io::Error) -> bool {
 
 /// Answers a connection refused at the limit with 503, then closes it.
 async fn refuse(mut stream: TcpStream) {
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{REFUSAL_BODY}",
+        REFUSAL_BODY.len()
+    );
     let _ = tokio::time::timeout(REFUSAL_LINGER, async {
-        stream.write_all(REFUSAL).await?;
+        stream.write_all(answer.as_bytes()).await?;
         stream.shutdown().await?;
         // Read what the client sent until it closes: closing with unread
         // data would reset the connection and could lose the answer.
@@ -372,7 +388,10 @@ impl Connection {
         }
         loop {
             let phase = self.tracker.phase();
-            if draining && phase != Phase::Busy {
+            // At shutdown hyper closes idle connections and finishes requests
+            // in flight; one that never sent a byte is closed here (hyper
+            // would wait for its head), a partial head gets its timeout.
+            if draining && !self.tracker.received_any.load(Ordering::Relaxed) {
                 break;
             }
             let deadline = phase.deadline(&self.limits);
