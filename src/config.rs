@@ -575,6 +575,18 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_states_the_front_defaults() {
+        let shipped: Config = toml::from_str(include_str!("../config.toml")).unwrap();
+        shipped.validate().unwrap();
+        let (ours, default) = (&shipped.server, ServerConfig::default());
+        assert_eq!(ours.header_timeout_secs, default.header_timeout_secs);
+        assert_eq!(ours.keepalive_timeout_secs, default.keepalive_timeout_secs);
+        assert_eq!(ours.body_timeout_secs, default.body_timeout_secs);
+        assert_eq!(ours.body_min_bytes_per_sec, default.body_min_bytes_per_sec);
+        assert_eq!(ours.max_connections, default.max_connections);
+    }
+
+    #[test]
     fn front_limits_come_from_the_server_section() {
         let config: Config = toml::from_str(
             "[server]\nheader_timeout_secs = 3\nkeepalive_timeout_secs = 4\n\
