@@ -372,3 +372,70 @@ async fn a_limit_full_of_requests_in_flight_refuses_with_503() {
         "{counters}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_requests_in_flight_and_closes_waiting_connections() {
+    let mut gw = Gateway::start(front_options("")).await;
+    gw.run("sleeper", "import time").await;
+    // A connection that never sent a byte, and one in the middle of a head.
+    let mut silent = TcpStream::connect(addr(&gw)).await.unwrap();
+    let mut partial = TcpStream::connect(addr(&gw)).await.unwrap();
+    let partial_opened = Instant::now();
+    partial
+        .write_all(b"GET /health HTTP/1.1\r\n")
+        .await
+        .unwrap();
+    let (client, url, token) = (
+        gw.http().clone(),
+        format!("{}/execute", gw.url),
+        gw.token.clone(),
+    );
+    let running = tokio::spawn(async move {
+        let response = client
+            .post(url)
+            .header("X-Auth-Token", token)
+            .json(&serde_json::json!({"user_uuid": "sleeper", "code": "time.sleep(2); print('done')"}))
+            .send()
+            .await
+            .unwrap();
+        (
+            response.status().as_u16(),
+            response.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let term = Instant::now();
+    std::process::Command::new("kill")
+        .args(["-TERM", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    // The byte-less connection is closed at once.
+    tokio::time::timeout(Duration::from_secs(5), read_to_close(&mut silent))
+        .await
+        .unwrap();
+    let silent_after = term.elapsed();
+    // The running execution finishes and is answered.
+    let (status, body) = running.await.unwrap();
+    let answered_after = term.elapsed();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result_text"], "done\n");
+    // The half-sent head gets no more than its header timeout.
+    tokio::time::timeout(Duration::from_secs(10), read_to_close(&mut partial))
+        .await
+        .unwrap();
+    let partial_lived = partial_opened.elapsed();
+    tokio::task::block_in_place(|| gw.stop());
+    let exited_after = term.elapsed();
+    eprintln!(
+        "after SIGTERM: silent connection closed {silent_after:?}, execution answered \
+         {answered_after:?}, half-sent head closed {partial_lived:?} after it opened, \
+         gateway exited {exited_after:?}"
+    );
+    assert!(
+        silent_after < Duration::from_millis(500),
+        "{silent_after:?}"
+    );
+    assert!(partial_lived <= Duration::from_secs(TIMEOUT) + SLACK);
+    assert!(exited_after <= Duration::from_secs(TIMEOUT) + SLACK + SLACK);
+}
