@@ -229,6 +229,7 @@ async fn half_open_floods_and_trickled_bodies_do_not_shut_out_anyone() {
     // timeout (or earlier, evicted to make room), without an answer.
     let mut evicted = 0;
     let mut latest = Duration::ZERO;
+    let (mut shortest, mut longest) = (Duration::MAX, Duration::ZERO);
     for watcher in watchers {
         let (opened, lived, answer) = watcher.await.unwrap();
         assert!(answer.is_empty(), "a half-open connection got {answer:?}");
@@ -238,14 +239,23 @@ async fn half_open_floods_and_trickled_bodies_do_not_shut_out_anyone() {
         );
         if lived < Duration::from_secs(TIMEOUT) - Duration::from_millis(200) {
             evicted += 1;
+        } else {
+            shortest = shortest.min(lived);
+            longest = longest.max(lived);
         }
         latest = latest.max(opened.duration_since(flood_started) + lived);
     }
     eprintln!(
-        "held connections: {evicted} evicted early, the rest closed by the header timeout; \
-         the last closed {latest:?} after the flood began"
+        "held connections: {evicted} evicted early, the rest closed by the header timeout \
+         {shortest:?} to {longest:?} after they opened; the last closed {latest:?} after \
+         the flood began"
     );
-    assert!(evicted >= FLOOD - 1024, "only {evicted} evicted");
+    // Those past the limit made room (plus a few for the requests above);
+    // the rest lived their header timeout, no less.
+    assert!(
+        (FLOOD - 1024..FLOOD - 1024 + 20).contains(&evicted),
+        "{evicted} evicted"
+    );
 
     // The trickled bodies got 408 after the grace period, and the upload
     // gave the user's turn back.
