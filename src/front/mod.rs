@@ -631,4 +631,119 @@ mod tests {
         third_tracker.set(Phase::Busy);
         assert!(table.admit(2).is_none());
     }
+
+    /// The accept loop over loopback with a one-line warp filter: a request
+    /// at the limit gets in, the oldest half-open connection is closed.
+    #[tokio::test]
+    async fn a_newcomer_at_the_limit_is_served_in_place_of_the_oldest_waiting() {
+        use tokio::io::AsyncReadExt;
+        use warp::Filter;
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            body: BodyRule {
+                max_gap: Duration::from_secs(5),
+                grace: Duration::from_secs(5),
+                min_rate: 0,
+            },
+            max_connections: 2,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let service = warp::service(warp::any().map(|| "ok"));
+        let server = tokio::spawn(serve(
+            listener,
+            service,
+            limits,
+            Arc::clone(&metrics),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        let mut half_open = Vec::new();
+        for _ in 0..2 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            half_open.push(stream);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut newcomer = TcpStream::connect(addr).await.unwrap();
+        newcomer
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        newcomer.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with("ok"), "{answer}");
+        // The oldest was closed for it; the other still waits.
+        let mut buf = [0u8; 16];
+        let oldest = tokio::time::timeout(Duration::from_secs(1), half_open[0].read(&mut buf));
+        assert_eq!(oldest.await.unwrap().unwrap_or(0), 0);
+        let other = tokio::time::timeout(Duration::from_millis(200), half_open[1].read(&mut buf));
+        assert!(
+            other.await.is_err(),
+            "the younger connection was closed too"
+        );
+        assert_eq!(metrics.connections_evicted.load(Ordering::Relaxed), 1);
+        drop(half_open);
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(2), server)
+            .await
+            .expect("the server stops once its connections are gone")
+            .unwrap();
+    }
+
+    /// The API behind the front: a stalled body is a JSON 408 (the real
+    /// routes, no worker needed: the body is read before any session).
+    #[tokio::test]
+    async fn a_stalled_body_is_answered_408_by_the_api() {
+        use tokio::io::AsyncReadExt;
+
+        let (state, _dir) = crate::api::test_state();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(5),
+            body: BodyRule {
+                max_gap: Duration::from_secs(5),
+                grace: Duration::from_millis(300),
+                min_rate: 1000,
+            },
+            max_connections: 8,
+        };
+        let metrics = Arc::clone(&state.metrics);
+        let service = warp::service(crate::api::routes(Arc::clone(&state)));
+        let server = tokio::spawn(serve(
+            listener,
+            service,
+            limits,
+            Arc::clone(&metrics),
+            std::future::pending(),
+        ));
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let started = Instant::now();
+        stream
+            .write_all(
+                b"POST /execute HTTP/1.1\r\nHost: x\r\nX-Auth-Token: test-token-0123456789\r\n\
+                  Content-Type: application/json\r\nContent-Length: 40\r\n\r\n{",
+            )
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let read = tokio::time::timeout(Duration::from_secs(3), stream.read_to_string(&mut answer));
+        read.await.unwrap().unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(
+            answer.contains(r#"{"detail":"the request body arrived too slowly"#),
+            "{answer}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(metrics.body_timeouts.load(Ordering::Relaxed), 1);
+        server.abort();
+    }
 }
