@@ -630,6 +630,47 @@ gateway_url() {
 
 gateway_healthy() { curl -fsS --max-time 2 "$(gateway_url)/health" >/dev/null 2>&1; }
 
+# config_number SECTION KEY DEFAULT: a whole number from the installed config, else DEFAULT.
+config_number() {
+	local value=""
+	[[ -r $CI_CONFIG ]] && value=$(awk -v want="$1" -v key="$2" '
+		/^[[:space:]]*\[/ { sec = $0; gsub(/[[:space:]\[\]]/, "", sec); next }
+		sec == want && $0 ~ "^[[:space:]]*" key "[[:space:]]*=" {
+			sub(/^[^=]*=[[:space:]]*/, ""); sub(/[[:space:]#].*/, ""); print; exit }' "$CI_CONFIG")
+	if [[ $value =~ ^[0-9]+$ ]]; then echo "$value"; else echo "$3"; fi
+}
+
+# gateway_nofile: open files the gateway needs, sized as it sizes them itself
+# (src/front/nofile.rs): [server] max_connections, 4 ZeroMQ sockets per worker
+# ([pool] max_workers; 0 = host memory / [limits] memory_mb), plus 256.
+gateway_nofile() {
+	local connections workers memory_mb
+	connections=$(config_number server max_connections 1024)
+	workers=$(config_number pool max_workers 0)
+	if ((workers == 0)); then
+		memory_mb=$(config_number limits memory_mb 1024)
+		workers=$(($(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo) / (memory_mb > 0 ? memory_mb : 1)))
+	fi
+	echo $((connections + 4 * workers + 256))
+}
+
+# raise_nofile N: this shell's open-file limit to at least N, the hard limit
+# too when allowed (root); a child inherits it. The gateway raises its soft
+# limit by itself, so the hard limit is what matters.
+raise_nofile() {
+	local want=$1 hard
+	hard=$(ulimit -Hn)
+	if [[ $hard != unlimited ]] && ((hard < want)); then
+		ulimit -Hn "$want" 2>/dev/null ||
+			warn "open files: hard limit $hard < $want needed, cannot raise it (needs root); the gateway serves fewer connections (see its log)"
+		hard=$(ulimit -Hn)
+		[[ $hard == unlimited ]] || ((hard >= want)) || want=$hard
+	fi
+	local soft
+	soft=$(ulimit -Sn)
+	[[ $soft == unlimited ]] || ((soft >= want)) || ulimit -Sn "$want"
+}
+
 gateway_pid() { pid_alive "$GATEWAY_PIDFILE" "$CI_BIN"; }
 
 stop_gateway() { stop_pid "$GATEWAY_PIDFILE" "$CI_BIN" gateway; }
@@ -646,7 +687,12 @@ start_gateway() {
 		[[ -n ${RUST_LOG:-} ]] && SVC_ENV+=("RUST_LOG=$RUST_LOG")
 		# The log is a file: no colour codes in it.
 		SVC_ENV+=(NO_COLOR=1)
-		svc_daemon "$GATEWAY_PIDFILE" "$CI_LOG" "$CI_BIN" serve --config "$CI_CONFIG"
+		# Every connection is a file: raise the limit the gateway inherits
+		# (in a subshell: the rest of this script keeps its own).
+		(
+			raise_nofile "$(gateway_nofile)"
+			svc_daemon "$GATEWAY_PIDFILE" "$CI_LOG" "$CI_BIN" serve --config "$CI_CONFIG"
+		)
 	fi
 	for ((i = 0; i < 600; i++)); do
 		if gateway_healthy; then

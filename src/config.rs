@@ -58,6 +58,21 @@ pub struct ServerConfig {
     /// Web origins (`scheme://host[:port]`) whose pages may call the API from a
     /// browser (CORS). Empty: cross-origin calls are not allowed.
     pub cors_origins: Vec<String>,
+    /// A request head must arrive within this many seconds of its first byte
+    /// (or of the connection's accept); the connection is closed otherwise.
+    pub header_timeout_secs: u64,
+    /// A keep-alive connection idle this long between requests is closed, seconds.
+    pub keepalive_timeout_secs: u64,
+    /// Longest pause while a request body arrives, seconds; also the waiting
+    /// time after which `body_min_bytes_per_sec` applies. 408 past either.
+    pub body_timeout_secs: u64,
+    /// Least average rate of a request body once `body_timeout_secs` of
+    /// waiting have passed, bytes per second; 0 turns the rate rule off.
+    pub body_min_bytes_per_sec: u64,
+    /// Connections open at once. At the limit a new connection closes the
+    /// one that has waited longest without a complete request; 503 if all
+    /// have a request in flight.
+    pub max_connections: usize,
 }
 
 /// Where the gateway keeps its files and finds Podman. Empty means "derive".
@@ -225,6 +240,11 @@ impl Default for ServerConfig {
             max_code_bytes: 1024 * 1024,
             max_queue_per_user: 8,
             cors_origins: Vec::new(),
+            header_timeout_secs: 10,
+            keepalive_timeout_secs: 60,
+            body_timeout_secs: 30,
+            body_min_bytes_per_sec: 4096,
+            max_connections: 1024,
         }
     }
 }
@@ -366,10 +386,39 @@ impl Config {
         for origin in &self.server.cors_origins {
             check_origin(origin)?;
         }
+        let server = &self.server;
+        for (name, secs) in [
+            ("header_timeout_secs", server.header_timeout_secs),
+            ("keepalive_timeout_secs", server.keepalive_timeout_secs),
+            ("body_timeout_secs", server.body_timeout_secs),
+        ] {
+            if !(1..=86_400).contains(&secs) {
+                bail!("server.{name} must be in [1, 86400]");
+            }
+        }
+        if !(1..=1_000_000).contains(&server.max_connections) {
+            bail!("server.max_connections must be in [1, 1000000]");
+        }
         if self.server.max_code_bytes == 0 || self.pool.create_parallelism == 0 {
             bail!("server.max_code_bytes and pool.create_parallelism must be positive");
         }
         Ok(())
+    }
+
+    /// The HTTP front's limits (src/front/).
+    pub fn front_limits(&self) -> crate::front::Limits {
+        let server = &self.server;
+        let body_timeout = Duration::from_secs(server.body_timeout_secs);
+        crate::front::Limits {
+            header_timeout: Duration::from_secs(server.header_timeout_secs),
+            idle_timeout: Duration::from_secs(server.keepalive_timeout_secs),
+            body: crate::front::BodyRule {
+                max_gap: body_timeout,
+                grace: body_timeout,
+                min_rate: server.body_min_bytes_per_sec,
+            },
+            max_connections: server.max_connections,
+        }
     }
 
     /// The configured hard timeout of one execution.
@@ -525,6 +574,41 @@ mod tests {
         let mut config = Config::default();
         config.server.token = Some("short".into());
         assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.server.header_timeout_secs = 0;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.server.max_connections = 0;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn the_shipped_config_states_the_front_defaults() {
+        let shipped: Config = toml::from_str(include_str!("../config.toml")).unwrap();
+        shipped.validate().unwrap();
+        let (ours, default) = (&shipped.server, ServerConfig::default());
+        assert_eq!(ours.header_timeout_secs, default.header_timeout_secs);
+        assert_eq!(ours.keepalive_timeout_secs, default.keepalive_timeout_secs);
+        assert_eq!(ours.body_timeout_secs, default.body_timeout_secs);
+        assert_eq!(ours.body_min_bytes_per_sec, default.body_min_bytes_per_sec);
+        assert_eq!(ours.max_connections, default.max_connections);
+    }
+
+    #[test]
+    fn front_limits_come_from_the_server_section() {
+        let config: Config = toml::from_str(
+            "[server]\nheader_timeout_secs = 3\nkeepalive_timeout_secs = 4\n\
+             body_timeout_secs = 5\nbody_min_bytes_per_sec = 0\nmax_connections = 7\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        let limits = config.front_limits();
+        assert_eq!(limits.header_timeout, Duration::from_secs(3));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(4));
+        assert_eq!(limits.body.max_gap, Duration::from_secs(5));
+        assert_eq!(limits.body.grace, Duration::from_secs(5));
+        assert_eq!(limits.body.min_rate, 0);
+        assert_eq!(limits.max_connections, 7);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod api;
 mod auth;
 mod bench;
 mod config;
+mod front;
 mod host;
 mod kernel;
 mod metrics;

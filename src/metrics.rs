@@ -26,6 +26,21 @@ pub struct Metrics {
     pub worker_start_failures: AtomicU64,
     pub workers_adopted: AtomicU64,
     pub workers_discarded: AtomicU64,
+    /// Connections accepted by the HTTP front (src/front/).
+    pub connections_accepted: AtomicU64,
+    /// Connections refused with 503: the limit was full of requests in flight.
+    pub connections_refused: AtomicU64,
+    /// Waiting connections closed to make room for a new one.
+    pub connections_evicted: AtomicU64,
+    /// Connections closed because a request head took too long.
+    pub header_timeouts: AtomicU64,
+    /// Keep-alive connections closed after their idle timeout.
+    pub idle_timeouts: AtomicU64,
+    /// Request bodies that arrived too slowly (answered 408).
+    pub body_timeouts: AtomicU64,
+    /// Connections open now (a gauge, not a counter: `/status` shows it apart).
+    #[serde(skip)]
+    pub connections_open: AtomicU64,
 }
 
 impl Metrics {
@@ -45,6 +60,7 @@ mod tests {
         let json = serde_json::to_value(&metrics).unwrap();
         assert_eq!(json["protocol_violations"], 1);
         assert_eq!(json["executions"], 0);
-        assert_eq!(json.as_object().unwrap().len(), 14);
+        assert_eq!(json.as_object().unwrap().len(), 20);
+        assert!(json.get("connections_open").is_none());
     }
 }

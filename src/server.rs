@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::api::{self, AppState};
 use crate::auth::Token;
 use crate::config::Config;
+use crate::front;
 use crate::host::{CgroupSupport, HostInfo};
 use crate::kernel::OutputLimits;
 use crate::metrics::Metrics;
@@ -88,6 +89,8 @@ pub async fn run(config: Config) -> Result<()> {
     tokio::spawn(Arc::clone(&sessions).run_reaper());
     log_limits(&config, &host, max_workers);
 
+    let mut limits = config.front_limits();
+    limits.max_connections = front::nofile::fit(limits.max_connections, max_workers);
     let state = Arc::new(AppState {
         config: Arc::clone(&config),
         token,
@@ -97,20 +100,26 @@ pub async fn run(config: Config) -> Result<()> {
         host,
         podman_version,
         started: Instant::now(),
+        max_connections: limits.max_connections,
     });
     let listener = listen(config.server.listen)
         .with_context(|| format!("listening on {}", config.server.listen))?;
     tracing::info!(
-        "code-interpreter listening on http://{}",
-        config.server.listen
+        "code-interpreter listening on http://{} (at most {} connections)",
+        config.server.listen,
+        limits.max_connections
     );
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = warp::serve(api::routes(state))
-        .incoming(listener)
-        .graceful(async {
+    let service = warp::service(api::routes(Arc::clone(&state)));
+    let server = front::serve(
+        listener,
+        service,
+        limits,
+        Arc::clone(&state.metrics),
+        async {
             let _ = stopped.await;
-        })
-        .run();
+        },
+    );
     tokio::pin!(server);
     tokio::select! {
         _ = &mut server => {}
@@ -130,7 +139,7 @@ pub async fn run(config: Config) -> Result<()> {
 }
 
 /// Binds the API's listener with TCP_NODELAY, which Linux passes on to every
-/// accepted connection (warp does not set it): small responses are never held
+/// accepted connection (the front sets it on each again): small responses are never held
 /// back by Nagle's algorithm waiting for a delayed ACK.
 fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = match addr {

@@ -72,8 +72,7 @@ where
     let mut body = std::pin::pin!(body);
     let mut bytes = BytesMut::new();
     while let Some(chunk) = body.next().await {
-        let mut chunk =
-            chunk.map_err(|e| ApiError::bad_request(format!("reading the request body: {e}")))?;
+        let mut chunk = chunk.map_err(|e| ApiError::reading_body(&e, "the request body"))?;
         if bytes.len() + chunk.remaining() > limit {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -40,6 +40,17 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, detail)
     }
 
+    /// A failure to read the request body: 408 when it arrived too slowly for
+    /// the front's rule ([`crate::front::BodyTimeout`]), else 400.
+    pub fn reading_body(error: &warp::Error, what: &str) -> Self {
+        let timeout = std::error::Error::source(error)
+            .and_then(|source| source.downcast_ref::<crate::front::BodyTimeout>());
+        match timeout {
+            Some(timeout) => Self::new(StatusCode::REQUEST_TIMEOUT, timeout.detail.clone()),
+            None => Self::bad_request(format!("reading {what}: {error}")),
+        }
+    }
+
     pub fn with_session_reset(mut self) -> Self {
         self.session_reset = true;
         self

@@ -62,11 +62,9 @@ where
                                 part.advance(n);
                             }
                         }
-                        Some(Err(e)) => {
-                            return Ok(Err(ApiError::bad_request(format!(
-                                "reading the upload: {e}"
-                            ))))
-                        }
+                        // A stalled or trickled body (408) ends the
+                        // upload and with it the user's turn.
+                        Some(Err(e)) => return Ok(Err(ApiError::reading_body(&e, "the upload"))),
                         None => ended = true,
                     }
                 }

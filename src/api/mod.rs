@@ -46,6 +46,9 @@ pub struct AppState {
     pub host: HostInfo,
     pub podman_version: String,
     pub started: Instant,
+    /// Connections the HTTP front serves at once (the configured limit, or
+    /// less when the open-file limit does not fit it).
+    pub max_connections: usize,
 }
 
 /// Every route the gateway serves, as (method, path). The API routes (all but
@@ -291,6 +294,7 @@ pub(crate) fn test_state() -> (Arc<AppState>, TestDir) {
         host,
         podman_version: "test".into(),
         started: Instant::now(),
+        max_connections: 1024,
     });
     (state, dir)
 }

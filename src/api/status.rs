@@ -58,6 +58,10 @@ pub fn handle(state: Arc<AppState>) -> Response {
             "max_code_bytes": state.config.server.max_code_bytes,
             "max_output_bytes": state.config.execution.max_output_bytes,
         },
+        "connections": {
+            "open": state.metrics.connections_open.load(std::sync::atomic::Ordering::Relaxed),
+            "max": state.max_connections,
+        },
         "counters": &*state.metrics,
         "uptime_secs": state.started.elapsed().as_secs(),
         "version": env!("CARGO_PKG_VERSION"),

@@ -125,6 +125,8 @@ pub struct Options {
     pub timeout_secs: f64,
     /// Extra TOML appended to the generated config.
     pub extra: String,
+    /// Extra TOML lines inside `[server]` (the listen address is the harness's).
+    pub server: String,
     /// Run against this Podman instead of the service user's rootless one.
     pub svc: Option<ServiceUser>,
 }
@@ -136,6 +138,7 @@ impl Default for Options {
             max_workers: 4,
             timeout_secs: 20.0,
             extra: String::new(),
+            server: String::new(),
             svc: None,
         }
     }
@@ -174,10 +177,11 @@ impl Gateway {
             .map(|s| format!("podman_socket = \"{s}\"\n"))
             .unwrap_or_default();
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n\
+            "[server]\nlisten = \"127.0.0.1:{port}\"\n{}\
              [paths]\nruntime_dir = \"{runtime_dir}\"\nstate_dir = \"{runtime_dir}-state\"\n{socket}\
              [pool]\nmin_idle = {}\nmax_workers = {}\n\
              [execution]\ntimeout_secs = {}\n{}",
+            options.server,
             options.min_idle, options.max_workers, options.timeout_secs, options.extra
         );
         let config_path = scratch.join("config.toml");
@@ -240,11 +244,6 @@ impl Gateway {
         };
         self.child = Some(child);
         self.wait_healthy(Duration::from_secs(60)).await;
-    }
-
-    /// The gateway process's id (setpriv execs it, so it is the child's).
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("the gateway is running").id()
     }
 
     /// Kills the gateway with SIGKILL (a crash) and reaps it.
@@ -355,6 +354,11 @@ impl Gateway {
             .split_whitespace()
             .map(String::from)
             .collect()
+    }
+
+    /// The gateway's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("gateway running").id()
     }
 
     /// The gateway process's peak resident memory, KiB.
