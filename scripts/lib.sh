@@ -355,13 +355,15 @@ $ulimits
 # Podman's default rlimits can exceed what the user may set (no CAP_SYS_RESOURCE
 # in the bounding set; rootless podman also caps its own nproc): then every
 # container, build steps included, fails with "setrlimit ... operation not
-# permitted". Defaults of at most 4096, and never above the user's hard limits,
-# always fit. (The gateway sets its own nofile/nproc on every worker anyway.)
+# permitted". Defaults never above the user's hard limits always fit. The
+# open-file hard limit may go up to 65536: the Quadlet gateway container gets
+# these defaults, and the gateway raises its soft limit to what its connections
+# and workers need (src/front/nofile.rs). (It sets nofile/nproc on every worker.)
 default_ulimits_line() {
 	local nofile nproc
 	nofile=$(svc_run bash -c 'ulimit -Hn')
 	nproc=$(svc_run bash -c 'ulimit -Hu')
-	[[ $nofile == unlimited || $nofile -gt 4096 ]] && nofile=4096
+	[[ $nofile == unlimited || $nofile -gt 65536 ]] && nofile=65536
 	[[ $nproc == unlimited || $nproc -gt 4096 ]] && nproc=4096
 	printf 'default_ulimits = ["nofile=%s:%s", "nproc=%s:%s"]' \
 		"$((nofile < 1024 ? nofile : 1024))" "$nofile" "$nproc" "$nproc"
@@ -641,7 +643,7 @@ config_number() {
 }
 
 # gateway_nofile: open files the gateway needs, sized as it sizes them itself
-# (src/front/nofile.rs): [server] max_connections, 4 ZeroMQ sockets per worker
+# (src/front/nofile.rs): [server] max_connections, 5 kernel sockets per worker
 # ([pool] max_workers; 0 = host memory / [limits] memory_mb), plus 256.
 gateway_nofile() {
 	local connections workers memory_mb
@@ -651,7 +653,7 @@ gateway_nofile() {
 		memory_mb=$(config_number limits memory_mb 1024)
 		workers=$(($(awk '/^MemTotal:/ { print int($2 / 1024) }' /proc/meminfo) / (memory_mb > 0 ? memory_mb : 1)))
 	fi
-	echo $((connections + 4 * workers + 256))
+	echo $((connections + 5 * workers + 256))
 }
 
 # raise_nofile N: this shell's open-file limit to at least N, the hard limit

@@ -1,14 +1,14 @@
 //! The gateway's own open-file limit (RLIMIT_NOFILE), sized for the front.
 //!
-//! Every connection is a file descriptor, and so is each of the 4 ZeroMQ
+//! Every connection is a file descriptor, and so is each of the 5 kernel
 //! sockets of every worker's kernel. Many systems start processes with a soft
 //! limit of 1024, fewer than the default connection limit alone: at start the
 //! gateway raises its soft limit toward the hard limit, and when even the hard
 //! limit is too small it says so and lowers the connection limit to what fits,
 //! so that the front evicts or refuses instead of failing accepts with EMFILE.
 
-/// Descriptors each worker holds: its kernel's shell, iopub, control and heartbeat sockets.
-pub const PER_WORKER: u64 = 4;
+/// Descriptors each worker holds: its kernel's shell, iopub, stdin, control and heartbeat sockets.
+pub const PER_WORKER: u64 = 5;
 /// Descriptors for everything else: listener, Podman API connections, state
 /// files, the runtime's own, refused connections being answered.
 pub const MARGIN: u64 = 256;
@@ -96,11 +96,11 @@ mod tests {
 
     #[test]
     fn the_soft_limit_goes_up_to_what_is_needed() {
-        // 1024 + 4 x 24 + 256 = 1376 needed, the hard limit allows it.
+        // 1024 + 5 x 24 + 256 = 1400 needed, the hard limit allows it.
         assert_eq!(
             plan(1024, 524_288, 1024, 24),
             Plan {
-                raise_to: Some(1376),
+                raise_to: Some(1400),
                 connections: 1024
             }
         );
@@ -119,19 +119,19 @@ mod tests {
 
     #[test]
     fn a_small_hard_limit_lowers_the_connection_limit() {
-        // Hard 1024: 1024 - 96 - 256 = 672 connections fit.
+        // Hard 1024: 1024 - 120 - 256 = 648 connections fit.
         assert_eq!(
             plan(1024, 1024, 1024, 24),
             Plan {
                 raise_to: None,
-                connections: 672
+                connections: 648
             }
         );
         assert_eq!(
             plan(512, 1024, 1024, 24),
             Plan {
                 raise_to: Some(1024),
-                connections: 672
+                connections: 648
             }
         );
         // Never below the floor, even when the workers alone do not fit.
