@@ -31,13 +31,16 @@ pub async fn run(config: Config) -> Result<()> {
     let config = Arc::new(config);
     let token = Token::load_or_create(&config)?;
     let podman = PodmanRuntime::new(&config.podman_socket());
-    let (podman_version, cgroups) = wait_for_podman(&podman, &config).await;
+    let (podman_version, cgroups, mapped_uids) = wait_for_podman(&podman, &config).await;
+    check_uid_range(&config, mapped_uids.as_deref())?;
     let host = HostInfo::detect(cgroups.clone());
     let host_capacity = host.capacity(config.limits.memory_mb);
+    // One sandbox uid per worker: never more workers than uids.
     let max_workers = match config.pool.max_workers {
         0 => host_capacity,
         configured => configured.min(host_capacity),
-    };
+    }
+    .min(config.worker.uid_count as usize);
     let factory = Arc::new(WorkerFactory::new(podman, Arc::clone(&config), cgroups)?);
     let metrics = Arc::new(Metrics::default());
     let registry = Registry::new(prepare_state_dir(&config)?);
@@ -204,16 +207,38 @@ async fn adopt_previous_workers(
     adopted
 }
 
-/// Podman's version and cgroup support once the socket answers; "unavailable"
-/// after `PODMAN_WAIT` (the gateway still serves, and `/status` shows why
-/// workers fail).
-async fn wait_for_podman(podman: &PodmanRuntime, config: &Config) -> (String, CgroupSupport) {
+/// Refuses a sandbox uid range that rootless Podman's user namespace does not
+/// map (the entrypoint's setpriv would fail in every worker).
+fn check_uid_range(config: &Config, mapped: Option<&[(u32, u32)]>) -> Result<()> {
+    let Some(mapped) = mapped else {
+        return Ok(()); // rootful, or Podman did not say: host uids
+    };
+    let (first, count) = (config.worker.uid_base, config.worker.uid_count);
+    let last = first + (count - 1);
+    let inside = mapped.iter().any(|&(start, size)| {
+        first >= start && u64::from(last) < u64::from(start) + u64::from(size)
+    });
+    anyhow::ensure!(
+        inside,
+        "worker.uid_base/uid_count ({first}..={last}) are not all mapped by Podman's user \
+         namespace {mapped:?} (container uid, count): see /etc/subuid"
+    );
+    Ok(())
+}
+
+/// What Podman reports about itself.
+type PodmanFacts = (String, CgroupSupport, Option<Vec<(u32, u32)>>);
+
+/// Podman's version, cgroup support and mapped uids once the socket answers;
+/// "unavailable" after `PODMAN_WAIT` (the gateway still serves, and `/status`
+/// shows why workers fail).
+async fn wait_for_podman(podman: &PodmanRuntime, config: &Config) -> PodmanFacts {
     let deadline = Instant::now() + PODMAN_WAIT;
     loop {
         match podman.info().await {
-            Ok((version, cgroups)) => {
-                tracing::info!("podman {version} at {}", config.podman_socket().display());
-                return (version, cgroups);
+            Ok(facts) => {
+                tracing::info!("podman {} at {}", facts.0, config.podman_socket().display());
+                return facts;
             }
             Err(e) if Instant::now() >= deadline => {
                 tracing::error!(
@@ -223,6 +248,7 @@ async fn wait_for_podman(podman: &PodmanRuntime, config: &Config) -> (String, Cg
                 return (
                     "unavailable".into(),
                     CgroupSupport::new("unknown", true, Vec::new()),
+                    None,
                 );
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,

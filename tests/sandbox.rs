@@ -95,7 +95,8 @@ import os, subprocess
 fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
 for key in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"]:
     print(key, fields[key].strip())
-print("uid", os.getuid(), os.geteuid(), os.getgid(), os.getgroups())
+print("uid", os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups())
+print("whoami", subprocess.run(["whoami"], capture_output=True, text=True).stdout.strip())
 for args in (["nft", "list", "ruleset"], ["nft", "flush", "ruleset"]):
     r = subprocess.run(args, capture_output=True, text=True)
     print(" ".join(args[1:]), r.returncode)
@@ -113,7 +114,17 @@ for args in (["nft", "list", "ruleset"], ["nft", "flush", "ruleset"]):
         status.contains("Seccomp 2"),
         "seccomp filter not active:\n{status}"
     );
-    assert!(status.contains("uid 1000 1000 1000 []"), "{status}");
+    // Its own sandbox uid from the gateway's range, named sandbox.
+    let uid_line = status.lines().find(|l| l.starts_with("uid ")).unwrap();
+    let ids: Vec<&str> = uid_line.split_whitespace().collect();
+    let uid: u32 = ids[1].parse().unwrap();
+    assert!(
+        (gw.uids.base..gw.uids.base + gw.uids.count).contains(&uid),
+        "{uid_line}"
+    );
+    assert_eq!(ids[1..5], [ids[1]; 4], "uid and gid differ: {uid_line}");
+    assert_eq!(ids[5], "[]", "{uid_line}");
+    assert!(status.contains("whoami sandbox\n"), "{status}");
     assert!(
         !status.contains("list ruleset 0"),
         "nft list succeeded:\n{status}"
@@ -208,7 +219,9 @@ print("kernel dir", sorted(os.listdir("/run/kernel")))
         "another user's files visible:\n{report}"
     );
     assert!(
-        report.contains("kernel dir ['k-1', 'k-2', 'k-3', 'k-4', 'k-5', 'ruleset.json']"),
+        report.contains(
+            "kernel dir ['group', 'k-1', 'k-2', 'k-3', 'k-4', 'k-5', 'passwd', 'ruleset.json']"
+        ),
         "{report}"
     );
     assert_unharmed(&gw).await;

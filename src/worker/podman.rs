@@ -34,9 +34,9 @@ impl PodmanRuntime {
         }
     }
 
-    /// The Podman server's version and what cgroup limits it can apply;
-    /// also proves the socket answers.
-    pub async fn info(&self) -> Result<(String, CgroupSupport)> {
+    /// The Podman server's version, what cgroup limits it can apply and (rootless)
+    /// the container uids its user namespace maps; also proves the socket answers.
+    pub async fn info(&self) -> Result<(String, CgroupSupport, Option<Vec<(u32, u32)>>)> {
         let info = bounded("asking Podman for its info", self.podman.info()).await?;
         let version = info
             .version
@@ -46,12 +46,38 @@ impl PodmanRuntime {
             .host
             .ok_or_else(|| anyhow!("Podman's info has no host section"))?;
         let rootless = host.security.and_then(|s| s.rootless).unwrap_or(true);
+        // Rootless: ranges (first container uid, size) the user namespace maps.
+        let mapped = host.id_mappings.and_then(|m| m.uidmap).map(|maps| {
+            maps.iter()
+                .filter_map(|m| {
+                    Some((
+                        u32::try_from(m.container_id?).ok()?,
+                        u32::try_from(m.size?).ok()?,
+                    ))
+                })
+                .collect::<Vec<_>>()
+        });
         let cgroups = CgroupSupport::new(
             host.cgroup_version.as_deref().unwrap_or("unknown"),
             rootless,
             host.cgroup_controllers.unwrap_or_default(),
         );
-        Ok((version, cgroups))
+        Ok((version, cgroups, mapped.filter(|_| rootless)))
+    }
+
+    /// The exit code of a container that is no longer running; None while it runs.
+    pub async fn exit_code(&self, id: &str) -> Result<Option<i32>> {
+        let inspect = bounded(
+            "inspecting a worker container",
+            self.podman.containers().get(id).inspect(),
+        )
+        .await?;
+        // Unknown counts as running; "created" is not yet running, not exited.
+        Ok(inspect.state.and_then(|state| {
+            let running = state.running.unwrap_or(true)
+                || matches!(state.status.as_deref(), Some("created" | "initialized"));
+            (!running).then(|| state.exit_code.unwrap_or(-1))
+        }))
     }
 
     /// Creates and starts a container; returns its id and Podman's warnings.

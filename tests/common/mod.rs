@@ -151,6 +151,63 @@ pub struct Gateway {
     scratch: PathBuf,
     runtime_dir: String,
     http: reqwest::Client,
+    /// This gateway's own block of sandbox uids (gateways running at once
+    /// must not share uids, or their workers would share per-uid limits).
+    pub uids: UidBlock,
+    /// Whether the worker image comes from CI_TEST_WORKER_IMAGE.
+    image_from_env: bool,
+}
+
+/// A block of sandbox uids reserved for one test gateway by an exclusive
+/// lock file (holding the test's pid); released when dropped.
+pub struct UidBlock {
+    pub base: u32,
+    pub count: u32,
+    lock: PathBuf,
+}
+
+impl UidBlock {
+    const BLOCKS: u32 = 50;
+    const SIZE: u32 = 1000;
+
+    fn reserve() -> Self {
+        let pid = std::process::id().to_string();
+        for _ in 0..600 {
+            for n in 0..Self::BLOCKS {
+                let lock = std::env::temp_dir().join(format!("ci-test-uids-{n}.lock"));
+                let created = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&lock);
+                match created {
+                    Ok(mut file) => {
+                        use std::io::Write;
+                        file.write_all(pid.as_bytes()).unwrap();
+                        return Self {
+                            base: 10_000 + n * Self::SIZE,
+                            count: Self::SIZE,
+                            lock,
+                        };
+                    }
+                    Err(_) => {
+                        // A block of a test process that is gone is free again.
+                        let owner = fs::read_to_string(&lock).unwrap_or_default();
+                        if !owner.is_empty() && !PathBuf::from(format!("/proc/{owner}")).exists() {
+                            let _ = fs::remove_file(&lock);
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no free block of sandbox uids");
+    }
+}
+
+impl Drop for UidBlock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.lock);
+    }
 }
 
 impl Gateway {
@@ -184,6 +241,7 @@ impl Gateway {
         fs::write(&config_path, config).unwrap();
         fs::set_permissions(&config_path, fs::Permissions::from_mode(0o644)).unwrap();
         let token = format!("test-token-{}", random_tag());
+        let image_from_env = !options.extra.contains("image =");
         let mut gateway = Self {
             child: None,
             url: format!("http://127.0.0.1:{port}"),
@@ -196,6 +254,8 @@ impl Gateway {
                 .timeout(Duration::from_secs(120))
                 .build()
                 .unwrap(),
+            uids: UidBlock::reserve(),
+            image_from_env,
         };
         gateway.spawn().await;
         gateway
@@ -226,6 +286,15 @@ impl Gateway {
                 .env("CODE_INTERPRETER_TOKEN", &self.token)
                 .env("CODE_INTERPRETER_INSTANCE", &self.instance)
                 .env("RUST_LOG", "info")
+                .env("CODE_INTERPRETER_UID_BASE", self.uids.base.to_string())
+                .env("CODE_INTERPRETER_UID_COUNT", self.uids.count.to_string())
+                .env(
+                    "CODE_INTERPRETER_WORKER_IMAGE",
+                    std::env::var("CI_TEST_WORKER_IMAGE")
+                        .ok()
+                        .filter(|_| self.image_from_env)
+                        .unwrap_or_default(),
+                )
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log.try_clone().unwrap())
