@@ -18,6 +18,9 @@ use crate::metrics::Metrics;
 use crate::state::Registry;
 use crate::worker::{Remains, Worker, WorkerFactory};
 
+/// Longest a request waits for a worker before it is answered 503 + Retry-After.
+const TAKE_WAIT: Duration = Duration::from_secs(4);
+
 /// Why no worker could be had.
 #[derive(Debug)]
 pub enum TakeError {
@@ -60,6 +63,9 @@ pub struct PoolSnapshot {
     pub min_idle: usize,
     pub initializing: bool,
     pub last_error: Option<String>,
+    /// Sandbox uids serving workers, and how many there are.
+    pub uids_in_use: usize,
+    pub uids: u32,
 }
 
 impl Pool {
@@ -96,9 +102,14 @@ impl Pool {
         self.idle.lock().unwrap().extend(idle);
     }
 
-    /// Hands out a ready worker: from the pool, else made now, else waits for
-    /// one being made; `Full` when every slot holds a live worker.
+    /// Hands out a ready worker: from the pool, else one made now, else one
+    /// another request is making; `Full` when every slot holds a live worker.
+    /// Waits at most `TAKE_WAIT`: a worker that takes longer (or a setup that
+    /// cannot make one) is a fast 503, never a hung request; a creation this
+    /// request started goes on and its worker waits in the pool.
     pub async fn take(self: &Arc<Self>) -> Result<Worker, TakeError> {
+        let deadline = tokio::time::Instant::now() + TAKE_WAIT;
+        let mut mine: Option<tokio::task::JoinHandle<Result<()>>> = None;
         loop {
             let ready = self.ready.notified();
             tokio::pin!(ready);
@@ -112,14 +123,44 @@ impl Pool {
                 }
                 return Ok(worker);
             }
-            if self.reserve_slot() {
-                return self.create().await.map_err(TakeError::Failed);
+            if mine.is_none() && self.reserve_slot() {
+                mine = Some(self.spawn_create());
+                continue;
             }
-            if self.creating.load(Ordering::SeqCst) == 0 {
+            if mine.is_none() && self.creating.load(Ordering::SeqCst) == 0 {
                 return Err(TakeError::Full);
             }
-            ready.await;
+            tokio::select! {
+                _ = &mut ready => {}
+                finished = async { mine.as_mut().expect("guarded").await }, if mine.is_some() => {
+                    mine = None;
+                    match finished {
+                        Ok(Ok(())) => {} // in the pool now, unless another request took it
+                        Ok(Err(e)) => return Err(TakeError::Failed(e)),
+                        Err(e) => return Err(TakeError::Failed(anyhow!("worker creation task failed: {e}"))),
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let last = self.last_error.lock().unwrap().clone();
+                    return Err(TakeError::Failed(anyhow!(
+                        "no worker was ready within {} s{}",
+                        TAKE_WAIT.as_secs(),
+                        last.map(|e| format!(" (last failure: {e})")).unwrap_or_default()
+                    )));
+                }
+            }
         }
+    }
+
+    /// Creates a worker in a reserved slot in the background; it joins the idle pool.
+    fn spawn_create(self: &Arc<Self>) -> tokio::task::JoinHandle<Result<()>> {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            let worker = pool.create().await?;
+            pool.idle.lock().unwrap().push_back(worker);
+            pool.ready.notify_waiters();
+            Ok(())
+        })
     }
 
     /// Destroys a worker in the background and frees its slot afterwards.
@@ -143,6 +184,8 @@ impl Pool {
             min_idle: self.min_idle,
             initializing: self.initializing.load(Ordering::SeqCst),
             last_error: self.last_error.lock().unwrap().clone(),
+            uids_in_use: self.factory.uids_in_use().0,
+            uids: self.factory.uids_in_use().1,
         }
     }
 
@@ -157,13 +200,7 @@ impl Pool {
                 if !self.reserve_slot() {
                     break; // full: what is alive serves users
                 }
-                let pool = Arc::clone(&self);
-                started.push(tokio::spawn(async move {
-                    let worker = pool.create().await?;
-                    pool.idle.lock().unwrap().push_back(worker);
-                    pool.ready.notify_waiters();
-                    anyhow::Ok(())
-                }));
+                started.push(self.spawn_create());
             }
             if started.is_empty() {
                 // Filled (or full): start-up is over; sleep until a worker is
@@ -226,13 +263,14 @@ impl Pool {
     }
 
     /// Creates a worker in a reserved slot; frees the slot on failure.
+    /// Counts as `creating` from the start, also while waiting for its turn.
     async fn create(self: &Arc<Self>) -> Result<Worker> {
+        self.creating.fetch_add(1, Ordering::SeqCst);
         let _permit = self
             .parallelism
             .acquire()
             .await
             .expect("semaphore never closed");
-        self.creating.fetch_add(1, Ordering::SeqCst);
         let started = std::time::Instant::now();
         let result = self.factory.create().await;
         self.creating.fetch_sub(1, Ordering::SeqCst);
