@@ -30,6 +30,14 @@ DENY_EPERM = {
     "ptrace": "tracing", "process_vm_readv": "other processes' memory",
     "process_vm_writev": "other processes' memory", "pidfd_getfd": "other processes' files",
     "kcmp": "comparing other processes' kernel objects", "process_madvise": "other processes' memory",
+    # System V shared memory and message queues: memory outside RLIMIT_AS
+    # (a detached segment or a queued message belongs to no process), bounded
+    # only by ipc-namespace sysctls that default to "unlimited". Python and its
+    # scientific stack use POSIX shared memory (/dev/shm, sized) instead.
+    "shmget": "SysV shared memory", "shmat": "SysV shared memory",
+    "shmctl": "SysV shared memory", "shmdt": "SysV shared memory",
+    "msgget": "SysV message queues", "msgsnd": "SysV message queues",
+    "msgrcv": "SysV message queues", "msgctl": "SysV message queues",
     # large kernel attack surfaces
     "userfaultfd": "page-fault handling in user space (exploit primitive)",
     "bpf": "eBPF", "perf_event_open": "perf events",
@@ -74,7 +82,7 @@ def main() -> None:
             "names": sorted(DENY_EPERM),
             "action": "SCMP_ACT_ERRNO",
             "errnoRet": EPERM,
-            "comment": "code-interpreter: no namespaces, mounts, keyring, tracing, bpf, perf",
+            "comment": "code-interpreter: no namespaces, mounts, keyring, tracing, SysV shm/msg, bpf, perf",
         },
         {
             "names": sorted(DENY_ENOSYS),
