@@ -277,7 +277,7 @@ fn log_limits(config: &Config, host: &HostInfo, max_workers: usize) {
     tracing::info!(
         "per-worker limits: memory {} MiB: {}; pids {}: {}; cpus {}: {}; \
          address space {} MiB: rlimit; file size and home {} MiB, /tmp {} MiB: rlimit + tmpfs; \
-         processes of the sandbox uid {}: rlimit; open files {}: rlimit",
+         processes per worker {}: rlimit of its own sandbox uid; open files {}: rlimit",
         limits.memory_mb,
         by(host.cgroups.memory),
         limits.pids,
@@ -290,6 +290,37 @@ fn log_limits(config: &Config, host: &HostInfo, max_workers: usize) {
         limits.nproc,
         limits.nofile,
     );
+    // Every process of every worker also counts against the service user's
+    // own process limit (the user namespace's creator). If all workers could
+    // reach their nproc together, tenants as a group could still starve the
+    // gateway and Podman: say so.
+    // Container root (every worker's init, and rootless Podman's own service in
+    // its user namespace) is one uid with the workers' RLIMIT_NPROC too.
+    if host.cgroups.rootless && limits.nproc < max_workers as u64 + 64 {
+        tracing::warn!(
+            "limits.nproc {} is too low for {max_workers} workers: every worker's init runs as \
+             the one container root, with that limit (keep it above max_workers + 64)",
+            limits.nproc
+        );
+    }
+    if let Some(own) = own_process_limit().filter(|_| !host.cgroups.pids) {
+        let all = max_workers as u64 * limits.nproc;
+        if all >= own {
+            tracing::warn!(
+                "{max_workers} workers x {} processes = {all} reaches the service user's \
+                 process limit ({own}): lower limits.nproc or pool.max_workers, or raise \
+                 the user's limit",
+                limits.nproc
+            );
+        }
+    }
+}
+
+/// This process's soft RLIMIT_NPROC, if finite.
+fn own_process_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max processes"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
 }
 
 async fn shutdown_signal() {

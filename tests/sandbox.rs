@@ -570,7 +570,10 @@ print(out[0], subprocess.run(["echo", "subprocess ok"], capture_output=True, tex
         let took = asked.elapsed();
         eprintln!("newcomer {n}: 200 in {took:?}");
         assert!(took < Duration::from_secs(2), "took {took:?}");
-        assert!(body["result_text"].as_str().unwrap().ends_with("0\n"), "{body}");
+        assert!(
+            body["result_text"].as_str().unwrap().ends_with("0\n"),
+            "{body}"
+        );
         gw.post("/release", json!({"user_uuid": newcomer})).await;
     }
     gw.wait_idle(2, Duration::from_secs(30)).await;
@@ -665,9 +668,16 @@ for args in (["unshare", "-U", "true"], ["unshare", "-n", "true"], ["unshare", "
         );
     }
     assert!(report.contains("memfd flood 0 ENOSYS"), "{report}");
-    for command in ["unshare -U", "unshare -n", "unshare -Urnm", "mount -t", "nsenter -t"] {
+    for command in [
+        "unshare -U",
+        "unshare -n",
+        "unshare -Urnm",
+        "mount -t",
+        "nsenter -t",
+    ] {
         assert!(
-            report.contains(&format!("{command} exit ")) && !report.contains(&format!("{command} exit 0")),
+            report.contains(&format!("{command} exit "))
+                && !report.contains(&format!("{command} exit 0")),
             "{command} succeeded:\n{report}"
         );
     }
@@ -700,7 +710,10 @@ plt.plot(df.x, df.y); plt.show()
         "{stack}"
     );
     common::assert_png(stack["result_base64"].as_str().unwrap());
-    assert_eq!(output(&gw, "mallory", "print('still usable')").await, "still usable\n");
+    assert_eq!(
+        output(&gw, "mallory", "print('still usable')").await,
+        "still usable\n"
+    );
     assert_unharmed(&gw).await;
 }
 
@@ -744,6 +757,30 @@ for name, nr, args in [("shmget", 29, (0, 1 << 30, 0o1600)), ("msgget", 68, (0, 
     r = libc.syscall(nr, *args)
     print(name, "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()])
 print("msgqueue", resource.getrlimit(resource.RLIMIT_MSGQUEUE)[0])
+import socket
+a, b = socket.socketpair()
+try:
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)
+    print("SO_SNDBUF raised")
+except PermissionError:
+    print("SO_SNDBUF EPERM")
+a.setblocking(False)
+queued = 0
+try:
+    while queued < 64 << 20:
+        queued += a.send(b"0" * 65536)
+except BlockingIOError:
+    pass
+print("socket queued", queued)
+r, w = os.pipe()
+os.set_blocking(w, False)
+piped = 0
+try:
+    while piped < 64 << 20:
+        piped += os.write(w, b"0" * 65536)
+except BlockingIOError:
+    pass
+print("pipe queued", piped)
 "#,
     )
     .await;
@@ -751,7 +788,9 @@ print("msgqueue", resource.getrlimit(resource.RLIMIT_MSGQUEUE)[0])
     // POSIX message queues are no files: RLIMIT_MSGQUEUE (per uid, so per
     // worker) bounds their bytes.
     assert!(
-        !report.lines().any(|l| l.contains("UNSIZED") && !l.contains(" mqueue ")),
+        !report
+            .lines()
+            .any(|l| l.contains("UNSIZED") && !l.contains(" mqueue ")),
         "a writable mount without a size:\n{report}"
     );
     let msgqueue: i64 = report
@@ -761,15 +800,37 @@ print("msgqueue", resource.getrlimit(resource.RLIMIT_MSGQUEUE)[0])
         .parse()
         .unwrap();
     assert!((0..=8 << 20).contains(&msgqueue), "{report}");
-    assert!(report.contains("shmget EPERM\n") && report.contains("msgget EPERM\n"), "{report}");
-    let writable: Vec<&str> = report
+    assert!(
+        report.contains("shmget EPERM\n") && report.contains("msgget EPERM\n"),
+        "{report}"
+    );
+    // One socket and one pipe queue at most what README's memory bound says.
+    let queued = |what: &str| -> u64 {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{what} queued ")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(report.contains("SO_SNDBUF EPERM\n"), "{report}");
+    assert!(queued("socket") <= 2 * 212_992, "{report}");
+    assert!(queued("pipe") <= 1 << 20, "{report}");
+    let mut writable: Vec<&str> = report
         .lines()
         .filter_map(|l| l.strip_prefix("writable "))
         .map(|l| l.split_whitespace().next().unwrap())
         .collect();
+    writable.sort(); // Podman does not keep the mounts' order
     assert_eq!(
         writable,
-        ["/tmp", "/var/tmp", "/home/sandbox", "/dev/mqueue", "/dev/shm"],
+        [
+            "/dev/mqueue",
+            "/dev/shm",
+            "/home/sandbox",
+            "/tmp",
+            "/var/tmp"
+        ],
         "{report}"
     );
     for (path, max_mib) in [("/dev/shm", 64), ("/var/tmp", 1), ("/tmp", 100)] {
@@ -794,7 +855,10 @@ print("msgqueue", resource.getrlimit(resource.RLIMIT_MSGQUEUE)[0])
     };
     assert_eq!(memory["by"], expected, "{status}");
     assert_eq!(memory["memfd"], "denied (seccomp)");
-    assert_eq!(output(&gw, "mallory", "print('still usable')").await, "still usable\n");
+    assert_eq!(
+        output(&gw, "mallory", "print('still usable')").await,
+        "still usable\n"
+    );
     assert_unharmed(&gw).await;
 }
 
@@ -857,7 +921,14 @@ async fn a_hundred_workers_have_distinct_uids_and_one_more_starts() {
                 for _ in 0..20 {
                     let (status, body) = gw.execute(&user, "import os; print(os.getuid())").await;
                     match status {
-                        200 => return body["result_text"].as_str().unwrap().trim().parse::<u32>().unwrap(),
+                        200 => {
+                            return body["result_text"]
+                                .as_str()
+                                .unwrap()
+                                .trim()
+                                .parse::<u32>()
+                                .unwrap()
+                        }
                         503 => tokio::time::sleep(Duration::from_secs(1)).await,
                         _ => panic!("{status} {body}"),
                     }
@@ -879,7 +950,12 @@ async fn a_hundred_workers_have_distinct_uids_and_one_more_starts() {
     let asked = std::time::Instant::now();
     let body = gw.run("tenant-101", "import os; print(os.getuid())").await;
     eprintln!("the 101st worker answered in {:?}", asked.elapsed());
-    let uid: u32 = body["result_text"].as_str().unwrap().trim().parse().unwrap();
+    let uid: u32 = body["result_text"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert!(!distinct.contains(&uid));
     assert_eq!(gw.status().await["capacity"]["sandbox_uids_in_use"], 101);
 }

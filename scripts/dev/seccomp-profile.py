@@ -66,11 +66,39 @@ CLONE_NEW = {
 }
 
 
+# setsockopt(SOL_SOCKET, SO_SNDBUF / SO_RCVBUF): a socket may not raise its
+# buffers to the network namespace's net.core.{w,r}mem_max (4 MiB on current
+# kernels, and read-only for rootless Podman), so it queues at most the
+# defaults (208 KiB). Every other option is allowed.
+SOL_SOCKET, SO_SNDBUF, SO_RCVBUF = 1, 7, 8
+
+
+def setsockopt_rules() -> list:
+    def rule(action, *args, errno=None):
+        entry = {
+            "names": ["setsockopt"],
+            "action": action,
+            "args": [{"index": i, "value": v, "valueTwo": 0, "op": op} for i, op, v in args],
+        }
+        if errno is not None:
+            entry["errnoRet"] = errno
+        return entry
+
+    eq, ne, lt, gt = "SCMP_CMP_EQ", "SCMP_CMP_NE", "SCMP_CMP_LT", "SCMP_CMP_GT"
+    return [
+        rule("SCMP_ACT_ALLOW", (1, ne, SOL_SOCKET)),
+        rule("SCMP_ACT_ALLOW", (1, eq, SOL_SOCKET), (2, lt, SO_SNDBUF)),
+        rule("SCMP_ACT_ALLOW", (1, eq, SOL_SOCKET), (2, gt, SO_RCVBUF)),
+        rule("SCMP_ACT_ERRNO", (1, eq, SOL_SOCKET), (2, eq, SO_SNDBUF), errno=EPERM),
+        rule("SCMP_ACT_ERRNO", (1, eq, SOL_SOCKET), (2, eq, SO_RCVBUF), errno=EPERM),
+    ]
+
+
 def main() -> None:
     source = sys.argv[1] if len(sys.argv) > 1 else "/usr/share/containers/seccomp.json"
     with open(source) as f:
         profile = json.load(f)
-    removed = set(DENY_EPERM) | set(DENY_ENOSYS) | {"clone"}
+    removed = set(DENY_EPERM) | set(DENY_ENOSYS) | {"clone", "setsockopt"}
     kept = []
     for rule in profile["syscalls"]:
         names = [n for n in rule.get("names", []) if n not in removed]
@@ -105,7 +133,7 @@ def main() -> None:
             "comment": f"code-interpreter: clone with {name}",
         }
         for name, bit in CLONE_NEW.items()
-    ]
+    ] + setsockopt_rules()
     profile["syscalls"] = ours + kept
     json.dump(profile, sys.stdout, indent=1)
     sys.stdout.write("\n")

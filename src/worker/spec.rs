@@ -33,6 +33,12 @@ const ENTRYPOINT_CAPS: [&str; 4] = ["NET_ADMIN", "SETUID", "SETGID", "SETPCAP"];
 /// Size of the small tmpfs mounts nothing needs to write much to (/run, /var/tmp), MiB.
 /// Podman's `--read-only` would mount them without a size (half the host's memory).
 const SMALL_TMPFS_MB: u64 = 1;
+/// TCP's buffer autotuning ceiling in the worker's own network namespace (the
+/// host's is 4 and 32 MiB). `net.core.{r,w}mem_max` cannot be lowered from a
+/// rootless user namespace (runc: permission denied); instead our seccomp
+/// profile refuses SO_SNDBUF/SO_RCVBUF, so every socket keeps the 208 KiB
+/// defaults.
+const SOCKET_BUFFER_MAX: u64 = 212_992;
 /// The per-worker account files, written by the gateway into the worker
 /// directory and mounted read-only over the image's: the worker's uid is `sandbox`.
 pub const PASSWD_FILE: &str = "passwd";
@@ -109,6 +115,7 @@ pub fn container_opts(
         .read_only_fs(true)
         .mounts(mounts)
         .shm_size((limits.shm_mb * 1024 * 1024) as i64)
+        .sysctl(socket_buffer_sysctls())
         .seccomp_profile_path(site.seccomp_profile.display().to_string())
         .r_limits(rlimits)
         .init(true)
@@ -132,6 +139,15 @@ pub fn container_opts(
         builder = builder.resource_limits(resources);
     }
     builder.build()
+}
+
+/// Caps on TCP's socket buffers in the worker's network namespace.
+fn socket_buffer_sysctls() -> HashMap<String, String> {
+    let max = SOCKET_BUFFER_MAX;
+    HashMap::from([
+        ("net.ipv4.tcp_wmem".into(), format!("4096 16384 {max}")),
+        ("net.ipv4.tcp_rmem".into(), format!("4096 131072 {max}")),
+    ])
 }
 
 /// Whether an allowlisted network includes slirp4netns's host-loopback address.
@@ -277,8 +293,12 @@ mod tests {
         assert_eq!(spec["r_limits"][0]["type"], "nofile");
         assert_eq!(spec["env"]["CI_LIMIT_AS"], (2048u64 << 20).to_string());
         assert_eq!(spec["env"]["CI_SANDBOX_UID"], "10007");
-        assert_eq!(spec["seccomp_profile_path"], "/run/user/1/ci/seccomp-worker.json");
+        assert_eq!(
+            spec["seccomp_profile_path"],
+            "/run/user/1/ci/seccomp-worker.json"
+        );
         assert_eq!(spec["shm_size"], 64u64 << 20);
+        assert_eq!(spec["sysctl"]["net.ipv4.tcp_rmem"], "4096 131072 212992");
         let mounts = spec["mounts"].as_array().unwrap();
         let mount = |dest: &str| {
             mounts
@@ -303,7 +323,9 @@ mod tests {
         for m in mounts.iter().filter(|m| m["type"] == "tmpfs") {
             let options = m["options"].as_array().unwrap();
             assert!(
-                options.iter().any(|o| o.as_str().unwrap().starts_with("size=")),
+                options
+                    .iter()
+                    .any(|o| o.as_str().unwrap().starts_with("size=")),
                 "{m}"
             );
         }

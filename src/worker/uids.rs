@@ -105,7 +105,10 @@ mod tests {
         let uids = SandboxUids::new(10_000, 10);
         assert!(uids.claim(10_005));
         assert!(!uids.claim(10_005), "two records cannot share a uid");
-        assert!(!uids.claim(9_999) && !uids.claim(10_010), "outside the range");
+        assert!(
+            !uids.claim(9_999) && !uids.claim(10_010),
+            "outside the range"
+        );
         let handed: Vec<u32> = std::iter::from_fn(|| uids.take()).collect();
         assert_eq!(handed.len(), 9);
         assert!(!handed.contains(&10_005));
