@@ -18,8 +18,11 @@ use crate::metrics::Metrics;
 use crate::state::Registry;
 use crate::worker::{Remains, Worker, WorkerFactory};
 
-/// Longest a request waits for a worker before it is answered 503 + Retry-After.
+/// Longest a request waits for a worker, unless others are being made
+/// meanwhile; then 503 + Retry-After.
 const TAKE_WAIT: Duration = Duration::from_secs(4);
+/// Longest a request waits behind creations that do succeed.
+const TAKE_WAIT_MAX: Duration = Duration::from_secs(60);
 
 /// Why no worker could be had.
 #[derive(Debug)]
@@ -40,6 +43,8 @@ pub struct Pool {
     slots_used: AtomicUsize,
     /// Workers being created right now.
     creating: AtomicUsize,
+    /// Workers created since start (progress, for waiting requests).
+    completed: AtomicUsize,
     max_workers: usize,
     min_idle: usize,
     parallelism: Arc<Semaphore>,
@@ -84,6 +89,7 @@ impl Pool {
             idle: Mutex::new(VecDeque::new()),
             slots_used: AtomicUsize::new(0),
             creating: AtomicUsize::new(0),
+            completed: AtomicUsize::new(0),
             max_workers,
             min_idle: min_idle.min(max_workers),
             parallelism: Arc::new(Semaphore::new(parallelism)),
@@ -104,11 +110,14 @@ impl Pool {
 
     /// Hands out a ready worker: from the pool, else one made now, else one
     /// another request is making; `Full` when every slot holds a live worker.
-    /// Waits at most `TAKE_WAIT`: a worker that takes longer (or a setup that
-    /// cannot make one) is a fast 503, never a hung request; a creation this
-    /// request started goes on and its worker waits in the pool.
+    /// Waits `TAKE_WAIT` at a time, and only while workers keep being made
+    /// (a burst of new users queues behind creations that succeed): a setup
+    /// that cannot make one is a 503 within `TAKE_WAIT`, never a hung request.
+    /// A creation this request started goes on and its worker waits in the pool.
     pub async fn take(self: &Arc<Self>) -> Result<Worker, TakeError> {
-        let deadline = tokio::time::Instant::now() + TAKE_WAIT;
+        let started = tokio::time::Instant::now();
+        let mut deadline = started + TAKE_WAIT;
+        let mut completed = self.completed.load(Ordering::SeqCst);
         let mut mine: Option<tokio::task::JoinHandle<Result<()>>> = None;
         loop {
             let ready = self.ready.notified();
@@ -142,6 +151,13 @@ impl Pool {
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     let last = self.last_error.lock().unwrap().clone();
+                    let now_completed = self.completed.load(Ordering::SeqCst);
+                    let progress = now_completed > completed && last.is_none();
+                    if progress && started.elapsed() < TAKE_WAIT_MAX {
+                        completed = now_completed;
+                        deadline += TAKE_WAIT;
+                        continue;
+                    }
                     return Err(TakeError::Failed(anyhow!(
                         "no worker was ready within {} s{}",
                         TAKE_WAIT.as_secs(),
@@ -278,6 +294,7 @@ impl Pool {
             Ok(worker) => {
                 self.registry.insert(worker.record());
                 Metrics::bump(&self.metrics.workers_created);
+                self.completed.fetch_add(1, Ordering::SeqCst);
                 *self.last_error.lock().unwrap() = None;
                 let ms = started.elapsed().as_millis() as u64;
                 tracing::info!(worker = worker.id, ms, "worker ready");

@@ -190,6 +190,7 @@ impl WorkerFactory {
                 );
             }
         }
+        check_sandbox_uid(dir, uid)?;
         let kernel = KernelClient::connect(&info, within.saturating_sub(started.elapsed()))
             .await
             .with_context(|| format!("connecting to the kernel of worker {id}"))?;
@@ -367,6 +368,8 @@ const EXIT_POLL: Duration = Duration::from_millis(500);
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The kernel's connection file, inside the worker directory.
 const CONNECTION_FILE: &str = "connection.json";
+/// File in which the entrypoint says which uid the kernel runs as.
+const SANDBOX_UID_FILE: &str = "sandbox-uid";
 /// File the entrypoint writes when it refuses to start the kernel.
 const STARTUP_ERROR_FILE: &str = "startup-error";
 
@@ -417,6 +420,20 @@ fn write_file(path: &Path, content: &str, mode: u32) -> Result<()> {
     // The umask may have cleared bits at creation.
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+/// The entrypoint writes the uid it dropped to before the kernel starts; an
+/// image whose entrypoint predates CI_SANDBOX_UID writes nothing and would run
+/// every worker as uid 1000 (one shared process limit): refuse it.
+fn check_sandbox_uid(dir: &Path, uid: u32) -> Result<()> {
+    let marker = dir.join(SANDBOX_UID_FILE);
+    let written = fs::read_to_string(&marker).unwrap_or_default();
+    anyhow::ensure!(
+        written.trim() == uid.to_string(),
+        "the worker image does not run each worker as its own uid (no {SANDBOX_UID_FILE} \
+         from its entrypoint): rebuild it from containerfiles/ (scripts/start.sh)"
+    );
+    fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))
 }
 
 /// Once the kernel listens, the worker may no longer write to its directory:
