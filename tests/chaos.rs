@@ -84,7 +84,9 @@ async fn a_kernel_killed_while_idle_is_noticed_and_replaced_within_2_s() {
         ..Options::default()
     })
     .await;
-    let uid = gw.run("idle-user", "import os\nx = 1\nprint(os.getuid())").await;
+    let uid = gw
+        .run("idle-user", "import os\nx = 1\nprint(os.getuid())")
+        .await;
     let uid = uid["result_text"].as_str().unwrap().trim().to_string();
     let container = gw.container_of("idle-user").await;
     gw.wait_idle(1, Duration::from_secs(30)).await;
