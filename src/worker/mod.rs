@@ -183,7 +183,10 @@ impl WorkerFactory {
                 ready.with_context(|| format!("starting the kernel of worker {id}"))?;
             }
             code = self.watch_exit(&container) => {
-                let reason = fs::read_to_string(dir.join(STARTUP_ERROR_FILE)).unwrap_or_default();
+                let mut reason = fs::read_to_string(dir.join(STARTUP_ERROR_FILE)).unwrap_or_default();
+                if reason.trim().is_empty() {
+                    reason = self.podman.log_tail(&container, 3).await;
+                }
                 anyhow::bail!(
                     "the container of worker {id} exited (code {code}) before its kernel listened{}",
                     if reason.is_empty() { String::new() } else { format!(": {}", reason.trim()) }

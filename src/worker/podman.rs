@@ -9,8 +9,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use futures_util::StreamExt;
 use podman_api::opts::{
     ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter, ContainerListOpts,
+    ContainerLogsOpts,
 };
 use podman_api::Podman;
 use tokio::time::timeout;
@@ -20,6 +22,8 @@ use crate::host::CgroupSupport;
 
 /// Longest any single Podman API call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a dead container's log may take to read (it only adds detail to an error).
+const LOG_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A handle on the Podman service.
 #[derive(Clone)]
@@ -111,6 +115,32 @@ impl PodmanRuntime {
             Err(e) if format!("{e:#}").contains("no such container") => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// The last lines a (stopped) container wrote to stdout and stderr, joined;
+    /// empty when Podman has none or does not answer within a few seconds.
+    pub async fn log_tail(&self, id: &str, lines: usize) -> String {
+        let opts = ContainerLogsOpts::builder()
+            .stdout(true)
+            .stderr(true)
+            .tail(lines.to_string())
+            .build();
+        let container = self.podman.containers().get(id);
+        let collect = async {
+            let mut text = Vec::new();
+            let mut chunks = container.logs(&opts);
+            while let Some(Ok(chunk)) = chunks.next().await {
+                text.extend(Vec::<u8>::from(chunk));
+            }
+            text
+        };
+        let text = timeout(LOG_TIMEOUT, collect).await.unwrap_or_default();
+        String::from_utf8_lossy(&text)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 
     /// Ids of all worker containers of `instance`, running or not.
