@@ -491,8 +491,16 @@ impl Drop for Gateway {
             eprintln!("---- gateway log ({}) ----\n{}", self.instance, self.log());
         }
         self.stop();
-        for container in self.containers() {
-            self.svc.podman(&["rm", "-f", "-t", "0", &container]);
+        // A create the gateway sent just before it stopped may still land in
+        // Podman (it does not cancel on a closed connection; seen after a
+        // Podman restart): a second look a moment later removes it too.
+        for round in 0..2 {
+            if round > 0 {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            for container in self.containers() {
+                self.svc.podman(&["rm", "-f", "-t", "0", &container]);
+            }
         }
         // The directories belong to the service user: remove them as that user.
         let _ = self
