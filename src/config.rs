@@ -97,6 +97,18 @@ pub struct WorkerConfig {
     pub instance: String,
     /// How long a new worker may take to answer its first kernel_info_request.
     pub start_timeout_secs: u64,
+    /// First container uid of the sandbox uids: each worker runs its code as
+    /// its own uid from `uid_base .. uid_base + uid_count`, so per-uid limits
+    /// (RLIMIT_NPROC, pipe buffers, message queues) are per worker. Rootless:
+    /// container uids, which must lie inside the user namespace Podman maps
+    /// (checked at start); rootful: host uids, so pick a range no host user has.
+    pub uid_base: u32,
+    /// How many sandbox uids; also caps the number of workers.
+    pub uid_count: u32,
+    /// A seccomp profile (JSON, a path Podman can read on its host) instead of
+    /// the built-in one (containerfiles/seccomp/worker.json), which the
+    /// gateway writes to its runtime directory at start.
+    pub seccomp_profile: Option<PathBuf>,
 }
 
 /// What one worker may use. cgroup limits apply where the host enforces them;
@@ -119,9 +131,11 @@ pub struct LimitsConfig {
     pub address_space_mb: u64,
     /// Open files (RLIMIT_NOFILE; must not exceed the host's hard limit).
     pub nofile: u64,
-    /// Processes of the sandbox uid (RLIMIT_NPROC). Rootless workers share one
-    /// uid, so this bounds all workers together; the per-worker bound is `pids`.
+    /// Processes and threads of one worker (RLIMIT_NPROC of its own sandbox
+    /// uid): the per-worker process bound where no pids cgroup is available.
     pub nproc: u64,
+    /// Size of `/dev/shm` (POSIX shared memory, multiprocessing's semaphores), MiB.
+    pub shm_mb: u64,
 }
 
 /// Whether and where workers may connect.
@@ -255,6 +269,9 @@ impl Default for WorkerConfig {
             image: "localhost/code-interpreter-worker:latest".into(),
             instance: "default".into(),
             start_timeout_secs: 60,
+            uid_base: 10000,
+            uid_count: 50000,
+            seccomp_profile: None,
         }
     }
 }
@@ -270,6 +287,7 @@ impl Default for LimitsConfig {
             address_space_mb: 2048,
             nofile: 1024,
             nproc: 1024,
+            shm_mb: 64,
         }
     }
 }
@@ -330,6 +348,19 @@ impl Config {
         if let Some(socket) = var("CODE_INTERPRETER_PODMAN_SOCKET") {
             self.paths.podman_socket = Some(socket.into());
         }
+        if let Some(image) = var("CODE_INTERPRETER_WORKER_IMAGE").filter(|i| !i.is_empty()) {
+            self.worker.image = image;
+        }
+        if let Some(base) = var("CODE_INTERPRETER_UID_BASE") {
+            self.worker.uid_base = base
+                .parse()
+                .with_context(|| format!("CODE_INTERPRETER_UID_BASE={base:?} is not a uid"))?;
+        }
+        if let Some(count) = var("CODE_INTERPRETER_UID_COUNT") {
+            self.worker.uid_count = count
+                .parse()
+                .with_context(|| format!("CODE_INTERPRETER_UID_COUNT={count:?} is not a count"))?;
+        }
         if let Some(instance) = var("CODE_INTERPRETER_INSTANCE") {
             self.worker.instance = instance;
         }
@@ -369,10 +400,18 @@ impl Config {
             limits.tmp_mb,
             limits.nofile,
             limits.nproc,
+            limits.shm_mb,
         ]
         .contains(&0)
         {
             bail!("limits.* must be positive");
+        }
+        let worker = &self.worker;
+        if worker.uid_base < 1000
+            || worker.uid_count == 0
+            || worker.uid_base.checked_add(worker.uid_count).is_none()
+        {
+            bail!("worker.uid_base must be at least 1000 and worker.uid_count positive");
         }
         if limits.address_space_mb < 512 {
             bail!("limits.address_space_mb below 512 leaves no room for a Python kernel");

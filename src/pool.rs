@@ -18,6 +18,12 @@ use crate::metrics::Metrics;
 use crate::state::Registry;
 use crate::worker::{Remains, Worker, WorkerFactory};
 
+/// Longest a request waits for a worker, unless others are being made
+/// meanwhile; then 503 + Retry-After.
+const TAKE_WAIT: Duration = Duration::from_secs(4);
+/// Longest a request waits behind creations that do succeed.
+const TAKE_WAIT_MAX: Duration = Duration::from_secs(60);
+
 /// Why no worker could be had.
 #[derive(Debug)]
 pub enum TakeError {
@@ -37,6 +43,8 @@ pub struct Pool {
     slots_used: AtomicUsize,
     /// Workers being created right now.
     creating: AtomicUsize,
+    /// Workers created since start (progress, for waiting requests).
+    completed: AtomicUsize,
     max_workers: usize,
     min_idle: usize,
     parallelism: Arc<Semaphore>,
@@ -60,6 +68,9 @@ pub struct PoolSnapshot {
     pub min_idle: usize,
     pub initializing: bool,
     pub last_error: Option<String>,
+    /// Sandbox uids serving workers, and how many there are.
+    pub uids_in_use: usize,
+    pub uids: u32,
 }
 
 impl Pool {
@@ -78,6 +89,7 @@ impl Pool {
             idle: Mutex::new(VecDeque::new()),
             slots_used: AtomicUsize::new(0),
             creating: AtomicUsize::new(0),
+            completed: AtomicUsize::new(0),
             max_workers,
             min_idle: min_idle.min(max_workers),
             parallelism: Arc::new(Semaphore::new(parallelism)),
@@ -96,9 +108,17 @@ impl Pool {
         self.idle.lock().unwrap().extend(idle);
     }
 
-    /// Hands out a ready worker: from the pool, else made now, else waits for
-    /// one being made; `Full` when every slot holds a live worker.
+    /// Hands out a ready worker: from the pool, else one made now, else one
+    /// another request is making; `Full` when every slot holds a live worker.
+    /// Waits `TAKE_WAIT` at a time, and only while workers keep being made
+    /// (a burst of new users queues behind creations that succeed): a setup
+    /// that cannot make one is a 503 within `TAKE_WAIT`, never a hung request.
+    /// A creation this request started goes on and its worker waits in the pool.
     pub async fn take(self: &Arc<Self>) -> Result<Worker, TakeError> {
+        let started = tokio::time::Instant::now();
+        let mut deadline = started + TAKE_WAIT;
+        let mut completed = self.completed.load(Ordering::SeqCst);
+        let mut mine: Option<tokio::task::JoinHandle<Result<()>>> = None;
         loop {
             let ready = self.ready.notified();
             tokio::pin!(ready);
@@ -112,14 +132,51 @@ impl Pool {
                 }
                 return Ok(worker);
             }
-            if self.reserve_slot() {
-                return self.create().await.map_err(TakeError::Failed);
+            if mine.is_none() && self.reserve_slot() {
+                mine = Some(self.spawn_create());
+                continue;
             }
-            if self.creating.load(Ordering::SeqCst) == 0 {
+            if mine.is_none() && self.creating.load(Ordering::SeqCst) == 0 {
                 return Err(TakeError::Full);
             }
-            ready.await;
+            tokio::select! {
+                _ = &mut ready => {}
+                finished = async { mine.as_mut().expect("guarded").await }, if mine.is_some() => {
+                    mine = None;
+                    match finished {
+                        Ok(Ok(())) => {} // in the pool now, unless another request took it
+                        Ok(Err(e)) => return Err(TakeError::Failed(e)),
+                        Err(e) => return Err(TakeError::Failed(anyhow!("worker creation task failed: {e}"))),
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let last = self.last_error.lock().unwrap().clone();
+                    let now_completed = self.completed.load(Ordering::SeqCst);
+                    let progress = now_completed > completed && last.is_none();
+                    if progress && started.elapsed() < TAKE_WAIT_MAX {
+                        completed = now_completed;
+                        deadline += TAKE_WAIT;
+                        continue;
+                    }
+                    return Err(TakeError::Failed(anyhow!(
+                        "no worker was ready within {} s{}",
+                        TAKE_WAIT.as_secs(),
+                        last.map(|e| format!(" (last failure: {e})")).unwrap_or_default()
+                    )));
+                }
+            }
         }
+    }
+
+    /// Creates a worker in a reserved slot in the background; it joins the idle pool.
+    fn spawn_create(self: &Arc<Self>) -> tokio::task::JoinHandle<Result<()>> {
+        let pool = Arc::clone(self);
+        tokio::spawn(async move {
+            let worker = pool.create().await?;
+            pool.idle.lock().unwrap().push_back(worker);
+            pool.ready.notify_waiters();
+            Ok(())
+        })
     }
 
     /// Destroys a worker in the background and frees its slot afterwards.
@@ -143,6 +200,8 @@ impl Pool {
             min_idle: self.min_idle,
             initializing: self.initializing.load(Ordering::SeqCst),
             last_error: self.last_error.lock().unwrap().clone(),
+            uids_in_use: self.factory.uids_in_use().0,
+            uids: self.factory.uids_in_use().1,
         }
     }
 
@@ -157,13 +216,7 @@ impl Pool {
                 if !self.reserve_slot() {
                     break; // full: what is alive serves users
                 }
-                let pool = Arc::clone(&self);
-                started.push(tokio::spawn(async move {
-                    let worker = pool.create().await?;
-                    pool.idle.lock().unwrap().push_back(worker);
-                    pool.ready.notify_waiters();
-                    anyhow::Ok(())
-                }));
+                started.push(self.spawn_create());
             }
             if started.is_empty() {
                 // Filled (or full): start-up is over; sleep until a worker is
@@ -226,13 +279,14 @@ impl Pool {
     }
 
     /// Creates a worker in a reserved slot; frees the slot on failure.
+    /// Counts as `creating` from the start, also while waiting for its turn.
     async fn create(self: &Arc<Self>) -> Result<Worker> {
+        self.creating.fetch_add(1, Ordering::SeqCst);
         let _permit = self
             .parallelism
             .acquire()
             .await
             .expect("semaphore never closed");
-        self.creating.fetch_add(1, Ordering::SeqCst);
         let started = std::time::Instant::now();
         let result = self.factory.create().await;
         self.creating.fetch_sub(1, Ordering::SeqCst);
@@ -240,6 +294,7 @@ impl Pool {
             Ok(worker) => {
                 self.registry.insert(worker.record());
                 Metrics::bump(&self.metrics.workers_created);
+                self.completed.fetch_add(1, Ordering::SeqCst);
                 *self.last_error.lock().unwrap() = None;
                 let ms = started.elapsed().as_millis() as u64;
                 tracing::info!(worker = worker.id, ms, "worker ready");

@@ -34,13 +34,16 @@ pub async fn run(config: Config) -> Result<()> {
     let config = Arc::new(config);
     let token = Token::load_or_create(&config)?;
     let podman = PodmanRuntime::new(&config.podman_socket());
-    let (podman_version, cgroups) = wait_for_podman(&podman, &config).await;
+    let (podman_version, cgroups, mapped_uids) = wait_for_podman(&podman, &config).await;
+    check_uid_range(&config, mapped_uids.as_deref())?;
     let host = HostInfo::detect(cgroups.clone());
     let host_capacity = host.capacity(config.limits.memory_mb);
+    // One sandbox uid per worker: never more workers than uids.
     let max_workers = match config.pool.max_workers {
         0 => host_capacity,
         configured => configured.min(host_capacity),
-    };
+    }
+    .min(config.worker.uid_count as usize);
     let factory = Arc::new(WorkerFactory::new(podman, Arc::clone(&config), cgroups)?);
     let metrics = Arc::new(Metrics::default());
     let registry = Registry::new(prepare_state_dir(&config)?);
@@ -218,16 +221,38 @@ async fn adopt_previous_workers(
     adopted
 }
 
-/// Podman's version and cgroup support once the socket answers; "unavailable"
-/// after `PODMAN_WAIT` (the gateway still serves, and `/status` shows why
-/// workers fail).
-async fn wait_for_podman(podman: &PodmanRuntime, config: &Config) -> (String, CgroupSupport) {
+/// Refuses a sandbox uid range that rootless Podman's user namespace does not
+/// map (the entrypoint's setpriv would fail in every worker).
+fn check_uid_range(config: &Config, mapped: Option<&[(u32, u32)]>) -> Result<()> {
+    let Some(mapped) = mapped else {
+        return Ok(()); // rootful, or Podman did not say: host uids
+    };
+    let (first, count) = (config.worker.uid_base, config.worker.uid_count);
+    let last = first + (count - 1);
+    let inside = mapped.iter().any(|&(start, size)| {
+        first >= start && u64::from(last) < u64::from(start) + u64::from(size)
+    });
+    anyhow::ensure!(
+        inside,
+        "worker.uid_base/uid_count ({first}..={last}) are not all mapped by Podman's user \
+         namespace {mapped:?} (container uid, count): see /etc/subuid"
+    );
+    Ok(())
+}
+
+/// What Podman reports about itself.
+type PodmanFacts = (String, CgroupSupport, Option<Vec<(u32, u32)>>);
+
+/// Podman's version, cgroup support and mapped uids once the socket answers;
+/// "unavailable" after `PODMAN_WAIT` (the gateway still serves, and `/status`
+/// shows why workers fail).
+async fn wait_for_podman(podman: &PodmanRuntime, config: &Config) -> PodmanFacts {
     let deadline = Instant::now() + PODMAN_WAIT;
     loop {
         match podman.info().await {
-            Ok((version, cgroups)) => {
-                tracing::info!("podman {version} at {}", config.podman_socket().display());
-                return (version, cgroups);
+            Ok(facts) => {
+                tracing::info!("podman {} at {}", facts.0, config.podman_socket().display());
+                return facts;
             }
             Err(e) if Instant::now() >= deadline => {
                 tracing::error!(
@@ -237,6 +262,7 @@ async fn wait_for_podman(podman: &PodmanRuntime, config: &Config) -> (String, Cg
                 return (
                     "unavailable".into(),
                     CgroupSupport::new("unknown", true, Vec::new()),
+                    None,
                 );
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
@@ -265,7 +291,7 @@ fn log_limits(config: &Config, host: &HostInfo, max_workers: usize) {
     tracing::info!(
         "per-worker limits: memory {} MiB: {}; pids {}: {}; cpus {}: {}; \
          address space {} MiB: rlimit; file size and home {} MiB, /tmp {} MiB: rlimit + tmpfs; \
-         processes of the sandbox uid {}: rlimit; open files {}: rlimit",
+         processes per worker {}: rlimit of its own sandbox uid; open files {}: rlimit",
         limits.memory_mb,
         by(host.cgroups.memory),
         limits.pids,
@@ -278,6 +304,37 @@ fn log_limits(config: &Config, host: &HostInfo, max_workers: usize) {
         limits.nproc,
         limits.nofile,
     );
+    // Every process of every worker also counts against the service user's
+    // own process limit (the user namespace's creator). If all workers could
+    // reach their nproc together, tenants as a group could still starve the
+    // gateway and Podman: say so.
+    // Container root (every worker's init, and rootless Podman's own service in
+    // its user namespace) is one uid with the workers' RLIMIT_NPROC too.
+    if host.cgroups.rootless && limits.nproc < max_workers as u64 + 64 {
+        tracing::warn!(
+            "limits.nproc {} is too low for {max_workers} workers: every worker's init runs as \
+             the one container root, with that limit (keep it above max_workers + 64)",
+            limits.nproc
+        );
+    }
+    if let Some(own) = own_process_limit().filter(|_| !host.cgroups.pids) {
+        let all = max_workers as u64 * limits.nproc;
+        if all >= own {
+            tracing::warn!(
+                "{max_workers} workers x {} processes = {all} reaches the service user's \
+                 process limit ({own}): lower limits.nproc or pool.max_workers, or raise \
+                 the user's limit",
+                limits.nproc
+            );
+        }
+    }
+}
+
+/// This process's soft RLIMIT_NPROC, if finite.
+fn own_process_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max processes"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
 }
 
 async fn shutdown_signal() {

@@ -28,6 +28,9 @@ pub struct WorkerRecord {
     pub container: String,
     pub dir: PathBuf,
     pub key: String,
+    /// Its sandbox uid; absent in records of older gateways (uid 1000).
+    #[serde(default)]
+    pub uid: Option<u32>,
     /// The user it serves; None while it waits in the pool.
     pub user: Option<String>,
     /// When the session began (unix seconds), for `max_age`.
@@ -135,6 +138,7 @@ mod tests {
             container: "c1".into(),
             dir: "/run/x/w1".into(),
             key: "k".into(),
+            uid: Some(10_001),
             user: None,
             session_started: None,
         };
@@ -150,6 +154,7 @@ mod tests {
         assert_eq!(loaded.len(), 1);
         assert_eq!(loaded[0].user.as_deref(), Some("alice"));
         assert_eq!(loaded[0].session_started, Some(7));
+        assert_eq!(loaded[0].uid, Some(10_001));
         let mode = fs::metadata(dir.join(FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         fs::remove_dir_all(dir).unwrap();

@@ -84,7 +84,10 @@ async fn a_kernel_killed_while_idle_is_noticed_and_replaced_within_2_s() {
         ..Options::default()
     })
     .await;
-    gw.run("idle-user", "x = 1").await;
+    let uid = gw
+        .run("idle-user", "import os\nx = 1\nprint(os.getuid())")
+        .await;
+    let uid = uid["result_text"].as_str().unwrap().trim().to_string();
     let container = gw.container_of("idle-user").await;
     gw.wait_idle(1, Duration::from_secs(30)).await;
     // kill -9 the kernel process (PID 1 is the container's init).
@@ -95,11 +98,11 @@ async fn a_kernel_killed_while_idle_is_noticed_and_replaced_within_2_s() {
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("no kernel in {ps}"))
         .to_string();
-    // As the kernel's own uid: container root holds no CAP_KILL.
+    // As the kernel's own uid (one per worker): container root holds no CAP_KILL.
     gw.svc.podman(&[
         "exec",
         "--user",
-        "1000",
+        &uid,
         &container,
         "sh",
         "-c",

@@ -95,7 +95,8 @@ import os, subprocess
 fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
 for key in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"]:
     print(key, fields[key].strip())
-print("uid", os.getuid(), os.geteuid(), os.getgid(), os.getgroups())
+print("uid", os.getuid(), os.geteuid(), os.getgid(), os.getegid(), os.getgroups())
+print("whoami", subprocess.run(["whoami"], capture_output=True, text=True).stdout.strip())
 for args in (["nft", "list", "ruleset"], ["nft", "flush", "ruleset"]):
     r = subprocess.run(args, capture_output=True, text=True)
     print(" ".join(args[1:]), r.returncode)
@@ -113,7 +114,17 @@ for args in (["nft", "list", "ruleset"], ["nft", "flush", "ruleset"]):
         status.contains("Seccomp 2"),
         "seccomp filter not active:\n{status}"
     );
-    assert!(status.contains("uid 1000 1000 1000 []"), "{status}");
+    // Its own sandbox uid from the gateway's range, named sandbox.
+    let uid_line = status.lines().find(|l| l.starts_with("uid ")).unwrap();
+    let ids: Vec<&str> = uid_line.split_whitespace().collect();
+    let uid: u32 = ids[1].parse().unwrap();
+    assert!(
+        (gw.uids.base..gw.uids.base + gw.uids.count).contains(&uid),
+        "{uid_line}"
+    );
+    assert_eq!(ids[1..5], [ids[1]; 4], "uid and gid differ: {uid_line}");
+    assert_eq!(ids[5], "[]", "{uid_line}");
+    assert!(status.contains("whoami sandbox\n"), "{status}");
     assert!(
         !status.contains("list ruleset 0"),
         "nft list succeeded:\n{status}"
@@ -208,7 +219,9 @@ print("kernel dir", sorted(os.listdir("/run/kernel")))
         "another user's files visible:\n{report}"
     );
     assert!(
-        report.contains("kernel dir ['k-1', 'k-2', 'k-3', 'k-4', 'k-5', 'ruleset.json']"),
+        report.contains(
+            "kernel dir ['group', 'k-1', 'k-2', 'k-3', 'k-4', 'k-5', 'passwd', 'ruleset.json']"
+        ),
         "{report}"
     );
     assert_unharmed(&gw).await;
@@ -468,4 +481,527 @@ fn serve_hello() -> Hello {
         }
     });
     Hello(port, stop)
+}
+
+/// Issue 12, point 1: every worker has its own uid, so one tenant's fork bomb
+/// and thread flood (1,000 sleeping children that outlive the execution) use
+/// up only its own RLIMIT_NPROC: a bystander still starts a thread and a
+/// subprocess, brand-new users get a session at once, and the pool refills.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_and_thread_flood_take_nothing_from_other_tenants() {
+    let gw = gateway_with_bystander(Options {
+        min_idle: 2,
+        max_workers: 8,
+        timeout_secs: 60.0,
+        ..Options::default()
+    })
+    .await;
+    gw.wait_idle(2, Duration::from_secs(30)).await;
+    let started = std::time::Instant::now();
+    let (status, flood) = gw
+        .execute(
+            "mallory",
+            r#"
+import errno, os, threading, time
+def child():
+    try:
+        time.sleep(3600)
+    finally:
+        os._exit(0)
+kids = 0
+for _ in range(1000):
+    if os.fork() == 0:
+        child()
+    kids += 1
+threads, hold = 0, threading.Event()
+try:
+    while threads < 5000:
+        threading.Thread(target=hold.wait, daemon=True).start()
+        threads += 1
+except RuntimeError:
+    pass
+bomb, why = 0, ""
+try:
+    while bomb < 5000:
+        if os.fork() == 0:
+            child()
+        bomb += 1
+except OSError as e:
+    why = errno.errorcode[e.errno]
+print("kids", kids, "threads", threads, "bomb", bomb, why, "uid", os.getuid())
+"#,
+        )
+        .await;
+    eprintln!(
+        "flood: {status} in {:?}: {}",
+        started.elapsed(),
+        flood["result_text"]
+    );
+    assert_eq!(status, 200, "{flood}");
+    let report = flood["result_text"].as_str().unwrap();
+    assert!(report.starts_with("kids 1000 "), "{report}");
+    let fields: Vec<&str> = report.split_whitespace().collect();
+    let (threads, bomb): (u64, u64) = (fields[3].parse().unwrap(), fields[5].parse().unwrap());
+    assert!(
+        1000 + threads + bomb <= 1024,
+        "past the worker's own nproc: {report}"
+    );
+    assert_eq!(fields.get(6).copied(), Some("EAGAIN"), "{report}");
+    let attacker_uid: u32 = fields[8].parse().unwrap();
+    let host_uid = host_uid_of(&gw, attacker_uid);
+    if let Some(host_uid) = host_uid {
+        let held = processes_of(host_uid);
+        eprintln!("mallory's uid {attacker_uid} (host {host_uid}) holds {held} tasks");
+        assert!(held >= 1000, "{held} processes of host uid {host_uid}");
+    }
+
+    // While mallory's processes live: the bystander starts a thread and a subprocess.
+    let bystander = output(
+        &gw,
+        "bystander",
+        r#"
+import subprocess, threading
+out = []
+t = threading.Thread(target=lambda: out.append("thread ok"))
+t.start(); t.join()
+print(out[0], subprocess.run(["echo", "subprocess ok"], capture_output=True, text=True).stdout.strip())
+"#,
+    )
+    .await;
+    assert_eq!(bystander, "thread ok subprocess ok\n");
+    // Brand-new users get 200 within 2 s, and the pool makes new workers.
+    for n in 0..3 {
+        let newcomer = format!("newcomer-{n}-{}", common::random_tag());
+        let asked = std::time::Instant::now();
+        let body = gw.run(&newcomer, "import threading, subprocess\nthreading.Thread(target=print).start()\nprint(subprocess.run(['true']).returncode)").await;
+        let took = asked.elapsed();
+        eprintln!("newcomer {n}: 200 in {took:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
+        assert!(
+            body["result_text"].as_str().unwrap().ends_with("0\n"),
+            "{body}"
+        );
+        gw.post("/release", json!({"user_uuid": newcomer})).await;
+    }
+    gw.wait_idle(2, Duration::from_secs(30)).await;
+    let status = gw.status().await;
+    assert_eq!(status["counters"]["worker_start_failures"], 0, "{status}");
+
+    // Releasing mallory removes every one of its processes and frees its uid.
+    let in_use = status["capacity"]["sandbox_uids_in_use"].as_u64().unwrap();
+    gw.post("/release", json!({"user_uuid": "mallory"})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = gw.status().await["capacity"]["sandbox_uids_in_use"]
+            .as_u64()
+            .unwrap();
+        if now < in_use {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "uid not freed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The uid was freed only once none of its processes was left.
+    if let Some(host_uid) = host_uid {
+        assert_eq!(processes_of(host_uid), 0, "processes left behind");
+    }
+    assert_unharmed(&gw).await;
+}
+
+/// The host uid of container uid `uid` of rootless Podman (container uid 1
+/// is the first subordinate id of the service user); None when unknown.
+fn host_uid_of(gw: &Gateway, uid: u32) -> Option<u32> {
+    let user = gw.svc.name.as_ref()?;
+    let subuid = std::fs::read_to_string("/etc/subuid").ok()?;
+    let start: u32 = subuid.lines().find_map(|l| {
+        let mut parts = l.split(':');
+        (parts.next()? == user).then(|| parts.next()?.parse().ok())?
+    })?;
+    Some(start + uid - 1)
+}
+
+/// Tasks (processes and threads) on this host running as `host_uid`.
+fn processes_of(host_uid: u32) -> usize {
+    let mut count = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let tasks = entry.path().join("task");
+        let Ok(tasks) = std::fs::read_dir(tasks) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().next().map(str::to_string));
+            if uid == Some(host_uid.to_string()) {
+                count += 1;
+            }
+        }
+    }
+    count
+}
+
+/// Issue 12, point 2: our seccomp profile closes the kernel's larger attack
+/// surface (namespaces, mounts, keyring, bpf, perf, ptrace, userfaultfd,
+/// memfd), the scientific stack still works, and so does the worker afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_mounts_keyring_and_memfd_are_denied() {
+    let gw = gateway_with_bystander(Options::default()).await;
+    let report = output(
+        &gw,
+        "mallory",
+        r#"
+import ctypes, errno, os, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+def call(name, nr, *args):
+    r = libc.syscall(nr, *args)
+    if r == 0 and name == "clone(NEWUSER)":
+        os._exit(0)  # the child, had it been created
+    print(name, "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()])
+CLONE_NEWUSER, CLONE_NEWNET, SIGCHLD = 0x10000000, 0x40000000, 17
+call("unshare(NEWUSER)", 272, CLONE_NEWUSER)
+call("unshare(NEWNET)", 272, CLONE_NEWNET)
+call("clone(NEWUSER)", 56, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0)
+call("clone3", 435, 0, 0)
+call("setns", 308, 0, 0)
+call("mount", 165, b"none", b"/tmp", b"tmpfs", 0, 0)
+call("fsopen", 430, b"tmpfs", 0)
+call("open_tree", 428, -100, b"/tmp", 0)
+call("keyctl", 250, 0, 0, 0)
+call("add_key", 248, b"user", b"k", b"v", 1, 0xfffffffd)
+call("bpf", 321, 0, 0, 0)
+call("perf_event_open", 298, 0, 0, -1, -1, 0)
+call("ptrace", 101, 0, 0, 0, 0)
+call("userfaultfd", 323, 0)
+call("io_uring_setup", 425, 1, 0)
+held = 0
+try:
+    while held < 10000:
+        os.memfd_create("x")
+        held += 1
+except OSError as e:
+    print("memfd flood", held, errno.errorcode[e.errno])
+for args in (["unshare", "-U", "true"], ["unshare", "-n", "true"], ["unshare", "-Urnm", "true"],
+             ["mount", "-t", "tmpfs", "none", "/tmp"], ["nsenter", "-t", "1", "-U", "true"]):
+    r = subprocess.run(args, capture_output=True, text=True)
+    print(" ".join(args[:2]), "exit", r.returncode)
+"#,
+    )
+    .await;
+    eprintln!("{report}");
+    for (call, errno) in [
+        ("unshare(NEWUSER)", "EPERM"),
+        ("unshare(NEWNET)", "EPERM"),
+        ("clone(NEWUSER)", "EPERM"),
+        ("clone3", "ENOSYS"),
+        ("setns", "EPERM"),
+        ("mount", "EPERM"),
+        ("fsopen", "EPERM"),
+        ("open_tree", "EPERM"),
+        ("keyctl", "EPERM"),
+        ("add_key", "EPERM"),
+        ("bpf", "EPERM"),
+        ("perf_event_open", "EPERM"),
+        ("ptrace", "EPERM"),
+        ("userfaultfd", "EPERM"),
+        ("io_uring_setup", "ENOSYS"),
+    ] {
+        assert!(
+            report.contains(&format!("{call} {errno}\n")),
+            "{call}: not {errno}:\n{report}"
+        );
+    }
+    assert!(report.contains("memfd flood 0 ENOSYS"), "{report}");
+    for command in [
+        "unshare -U",
+        "unshare -n",
+        "unshare -Urnm",
+        "mount -t",
+        "nsenter -t",
+    ] {
+        assert!(
+            report.contains(&format!("{command} exit "))
+                && !report.contains(&format!("{command} exit 0")),
+            "{command} succeeded:\n{report}"
+        );
+    }
+
+    // The scientific stack, threads, multiprocessing and subprocess still work.
+    let stack = gw
+        .run(
+            "mallory",
+            r#"
+import multiprocessing, subprocess, threading
+import numpy as np, pandas as pd, matplotlib.pyplot as plt
+from sklearn.linear_model import LinearRegression
+x = np.arange(10.0)
+model = LinearRegression().fit(x.reshape(-1, 1), 2 * x + 1)
+df = pd.DataFrame({"x": x, "y": model.predict(x.reshape(-1, 1))})
+with multiprocessing.Pool(2) as pool:
+    squares = pool.map(abs, [-1, -2, -3])
+t = threading.Thread(target=print, args=("thread",)); t.start(); t.join()
+print(round(df.y.sum()), squares, subprocess.run(["echo", "sub"], capture_output=True, text=True).stdout.strip())
+plt.plot(df.x, df.y); plt.show()
+"#,
+        )
+        .await;
+    assert_eq!(stack["status"], "ok", "{stack}");
+    assert!(
+        stack["result_text"]
+            .as_str()
+            .unwrap()
+            .ends_with("100 [1, 2, 3] sub\n"),
+        "{stack}"
+    );
+    common::assert_png(stack["result_base64"].as_str().unwrap());
+    assert_eq!(
+        output(&gw, "mallory", "print('still usable')").await,
+        "still usable\n"
+    );
+    assert_unharmed(&gw).await;
+}
+
+/// Issue 12, point 3: without a memory cgroup, every writable mount has a
+/// size, memfd is denied, and /status says what bounds memory on this host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_writable_mount_has_a_size() {
+    let gw = gateway_with_bystander(Options::default()).await;
+    let report = output(
+        &gw,
+        "mallory",
+        r#"
+import errno, os
+for line in open("/proc/self/mounts"):
+    dev, path, fstype, opts = line.split()[:4]
+    opts = opts.split(",")
+    if "rw" in opts and os.access(path, os.W_OK) and os.path.isdir(path):
+        size = [o for o in opts if o.startswith("size=")]
+        print("writable", path, fstype, size[0] if size else "UNSIZED")
+def fill(path):
+    written = 0
+    try:
+        with open(os.path.join(path, "fill"), "wb") as f:
+            while written < 2048:
+                f.write(b"0" * 2**20)
+                f.flush()
+                written += 1
+    except OSError as e:
+        return f"{errno.errorcode[e.errno]} {written}"
+    finally:
+        try:
+            os.remove(os.path.join(path, "fill"))
+        except OSError:
+            pass
+    return f"unbounded {written}"
+for path in ["/dev/shm", "/var/tmp", "/tmp", "/run"]:
+    print("fill", path, fill(path))
+import ctypes, resource
+libc = ctypes.CDLL(None, use_errno=True)
+for name, nr, args in [("shmget", 29, (0, 1 << 30, 0o1600)), ("msgget", 68, (0, 0o1600))]:
+    r = libc.syscall(nr, *args)
+    print(name, "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()])
+print("msgqueue", resource.getrlimit(resource.RLIMIT_MSGQUEUE)[0])
+import socket
+a, b = socket.socketpair()
+try:
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 20)
+    print("SO_SNDBUF raised")
+except PermissionError:
+    print("SO_SNDBUF EPERM")
+a.setblocking(False)
+queued = 0
+try:
+    while queued < 64 << 20:
+        queued += a.send(b"0" * 65536)
+except BlockingIOError:
+    pass
+print("socket queued", queued)
+r, w = os.pipe()
+os.set_blocking(w, False)
+piped = 0
+try:
+    while piped < 64 << 20:
+        piped += os.write(w, b"0" * 65536)
+except BlockingIOError:
+    pass
+print("pipe queued", piped)
+"#,
+    )
+    .await;
+    eprintln!("{report}");
+    // POSIX message queues are no files: RLIMIT_MSGQUEUE (per uid, so per
+    // worker) bounds their bytes.
+    assert!(
+        !report
+            .lines()
+            .any(|l| l.contains("UNSIZED") && !l.contains(" mqueue ")),
+        "a writable mount without a size:\n{report}"
+    );
+    let msgqueue: i64 = report
+        .lines()
+        .find_map(|l| l.strip_prefix("msgqueue "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0..=8 << 20).contains(&msgqueue), "{report}");
+    assert!(
+        report.contains("shmget EPERM\n") && report.contains("msgget EPERM\n"),
+        "{report}"
+    );
+    // One socket and one pipe queue at most what README's memory bound says.
+    let queued = |what: &str| -> u64 {
+        report
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{what} queued ")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert!(report.contains("SO_SNDBUF EPERM\n"), "{report}");
+    assert!(queued("socket") <= 2 * 212_992, "{report}");
+    assert!(queued("pipe") <= 1 << 20, "{report}");
+    let mut writable: Vec<&str> = report
+        .lines()
+        .filter_map(|l| l.strip_prefix("writable "))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    writable.sort(); // Podman does not keep the mounts' order
+    assert_eq!(
+        writable,
+        [
+            "/dev/mqueue",
+            "/dev/shm",
+            "/home/sandbox",
+            "/tmp",
+            "/var/tmp"
+        ],
+        "{report}"
+    );
+    for (path, max_mib) in [("/dev/shm", 64), ("/var/tmp", 1), ("/tmp", 100)] {
+        let line = report
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("fill {path} ")))
+            .unwrap();
+        let (why, mib) = line.split_once(' ').unwrap();
+        assert!(why == "ENOSPC" || why == "EFBIG", "{path}: {line}");
+        assert!(mib.parse::<u64>().unwrap() <= max_mib, "{path}: {line}");
+    }
+    assert!(
+        report.contains("fill /run EACCES 0") || report.contains("fill /run EROFS 0"),
+        "/run writable:\n{report}"
+    );
+    let status = gw.status().await;
+    let memory = &status["limits"]["enforced_by"]["memory"];
+    let expected = if status["host"]["cgroups"]["memory"] == true {
+        "cgroup"
+    } else {
+        "rlimit + sized tmpfs"
+    };
+    assert_eq!(memory["by"], expected, "{status}");
+    assert_eq!(memory["memfd"], "denied (seccomp)");
+    assert_eq!(
+        output(&gw, "mallory", "print('still usable')").await,
+        "still usable\n"
+    );
+    assert_unharmed(&gw).await;
+}
+
+/// Issue 12, point 4: when no worker can start (here: a process limit so low
+/// that the container's init cannot even start the kernel), a new user gets
+/// 503 with Retry-After within 5 s, and /status says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_user_gets_503_within_5_s_when_no_worker_can_start() {
+    let gw = Gateway::start(Options {
+        min_idle: 0,
+        extra: "[limits]\nnproc = 3\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    let response = gw
+        .http()
+        .post(format!("{}/execute", gw.url))
+        .header("X-Auth-Token", &gw.token)
+        .json(&json!({"user_uuid": "newcomer", "code": "1"}))
+        .send()
+        .await
+        .unwrap();
+    let took = asked.elapsed();
+    eprintln!("answered {} in {took:?}", response.status());
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        let status = gw.status().await;
+        if !status["last_worker_error"].is_null() || std::time::Instant::now() > deadline {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("last_worker_error: {}", status["last_worker_error"]);
+    let why = status["last_worker_error"].as_str().unwrap_or_default();
+    assert!(why.contains("exited") || why.contains("fork"), "{status}");
+}
+
+/// Issue 12: capacity is no longer one uid's process count: 100 workers alive
+/// at once, each with its own uid, and one more starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_workers_have_distinct_uids_and_one_more_starts() {
+    use futures_util::stream::{self, StreamExt};
+    let gw = Gateway::start(Options {
+        min_idle: 0,
+        max_workers: 101,
+        timeout_secs: 30.0,
+        extra: "[limits]\nmemory_mb = 128\nnproc = 256\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let uids: Vec<u32> = stream::iter(0..100)
+        .map(|n| {
+            let gw = &gw;
+            async move {
+                let user = format!("tenant-{n}");
+                for _ in 0..20 {
+                    let (status, body) = gw.execute(&user, "import os; print(os.getuid())").await;
+                    match status {
+                        200 => {
+                            return body["result_text"]
+                                .as_str()
+                                .unwrap()
+                                .trim()
+                                .parse::<u32>()
+                                .unwrap()
+                        }
+                        503 => tokio::time::sleep(Duration::from_secs(1)).await,
+                        _ => panic!("{status} {body}"),
+                    }
+                }
+                panic!("no worker for {user}")
+            }
+        })
+        .buffer_unordered(2)
+        .collect()
+        .await;
+    eprintln!("100 workers in {:?}", started.elapsed());
+    let distinct: std::collections::HashSet<u32> = uids.iter().copied().collect();
+    assert_eq!(distinct.len(), 100, "{uids:?}");
+    assert!(uids
+        .iter()
+        .all(|u| (gw.uids.base..gw.uids.base + gw.uids.count).contains(u)));
+    let status = gw.status().await;
+    assert_eq!(status["total_workers"], 100, "{status}");
+    let asked = std::time::Instant::now();
+    let body = gw.run("tenant-101", "import os; print(os.getuid())").await;
+    eprintln!("the 101st worker answered in {:?}", asked.elapsed());
+    let uid: u32 = body["result_text"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(!distinct.contains(&uid));
+    assert_eq!(gw.status().await["capacity"]["sandbox_uids_in_use"], 101);
 }

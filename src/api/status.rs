@@ -13,14 +13,30 @@ fn enforced_by(state: &AppState) -> serde_json::Value {
     let limits = &state.config.limits;
     let cgroups = &state.host.cgroups;
     let by = |enforced: bool| if enforced { "cgroup" } else { "not enforced" };
+    // Without a memory cgroup, what a worker holds is bounded by RLIMIT_AS per
+    // process plus the sizes of its writable tmpfs mounts; memfd is denied by
+    // seccomp (README, "Memory without cgroups", lists the kernel buffers).
+    let memory_by = if cgroups.memory {
+        "cgroup"
+    } else {
+        "rlimit + sized tmpfs"
+    };
+    let tmpfs_mb = limits.disk_mb + limits.tmp_mb + limits.shm_mb + 2;
     json!({
-        "memory": {"value_mb": limits.memory_mb, "by": by(cgroups.memory)},
+        "memory": {
+            "value_mb": limits.memory_mb,
+            "by": memory_by,
+            "address_space_mb_per_process": limits.address_space_mb,
+            "writable_tmpfs_mb": tmpfs_mb,
+            "memfd": "denied (seccomp)",
+        },
         "pids": {"value": limits.pids, "by": by(cgroups.pids)},
         "cpus": {"value": limits.cpus, "by": by(cgroups.cpu)},
         "address_space": {"value_mb": limits.address_space_mb, "by": "rlimit"},
         "disk": {"value_mb": limits.disk_mb, "by": "tmpfs size + rlimit (file size)"},
         "tmp": {"value_mb": limits.tmp_mb, "by": "tmpfs size"},
-        "processes_of_sandbox_uid": {"value": limits.nproc, "by": "rlimit"},
+        "shm": {"value_mb": limits.shm_mb, "by": "tmpfs size"},
+        "processes_of_sandbox_uid": {"value": limits.nproc, "by": "rlimit (one uid per worker)"},
         "open_files": {"value": limits.nofile, "by": "rlimit"},
     })
 }
@@ -43,6 +59,8 @@ pub fn handle(state: Arc<AppState>) -> Response {
             "host_capacity": state.host.capacity(state.config.limits.memory_mb),
             "min_idle": pool.min_idle,
             "free_slots": pool.max_workers.saturating_sub(pool.alive),
+            "sandbox_uids": pool.uids,
+            "sandbox_uids_in_use": pool.uids_in_use,
         },
         "last_worker_error": pool.last_error,
         "podman": {

@@ -8,6 +8,7 @@ pub mod firewall;
 pub mod network;
 pub mod podman;
 pub mod spec;
+pub mod uids;
 
 use std::collections::HashSet;
 use std::fs;
@@ -25,6 +26,7 @@ use crate::kernel::{ConnectionInfo, KernelClient};
 use crate::random;
 use crate::state::WorkerRecord;
 use podman::PodmanRuntime;
+use uids::SandboxUids;
 
 /// A live worker with a connected kernel.
 pub struct Worker {
@@ -36,6 +38,8 @@ pub struct Worker {
     pub dir: PathBuf,
     /// The kernel's HMAC key (kept to re-connect after a gateway restart).
     pub key: String,
+    /// The sandbox uid its code runs as; None for a worker of an older gateway (uid 1000).
+    pub uid: Option<u32>,
     pub kernel: KernelClient,
 }
 
@@ -44,6 +48,8 @@ pub struct Remains {
     pub id: String,
     pub container: Option<String>,
     pub dir: PathBuf,
+    /// Goes back to the free uids once the container is gone.
+    pub uid: Option<u32>,
 }
 
 /// Makes and destroys workers.
@@ -55,7 +61,18 @@ pub struct WorkerFactory {
     /// Parsed `network.allow` (empty unless in allowlist mode).
     allow: Vec<AllowEntry>,
     workers_dir: PathBuf,
+    /// One sandbox uid per live worker.
+    uids: SandboxUids,
+    /// The seccomp profile every worker gets (a path Podman reads).
+    seccomp_profile: PathBuf,
 }
+
+/// Our seccomp profile (scripts/dev/seccomp-profile.py made it from Podman's default).
+const SECCOMP_PROFILE: &str = include_str!("../../containerfiles/seccomp/worker.json");
+/// Where the built-in profile is written, inside the runtime directory: a
+/// host path also when the gateway runs in its Quadlet container, which
+/// mounts the runtime directory at the same path.
+const SECCOMP_FILE: &str = "seccomp-worker.json";
 
 impl WorkerFactory {
     /// Prepares the runtime directory (0700) that holds every worker directory.
@@ -71,6 +88,15 @@ impl WorkerFactory {
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
                 .with_context(|| format!("restricting {} to its owner", dir.display()))?;
         }
+        let seccomp_profile = match &config.worker.seccomp_profile {
+            Some(path) => path.clone(),
+            None => {
+                let path = runtime_dir.join(SECCOMP_FILE);
+                write_replacing(&path, SECCOMP_PROFILE, 0o644)?;
+                path
+            }
+        };
+        let uids = SandboxUids::new(config.worker.uid_base, config.worker.uid_count);
         let allow = match config.network.mode {
             NetworkMode::None => Vec::new(),
             NetworkMode::Allowlist => config
@@ -86,19 +112,34 @@ impl WorkerFactory {
             cgroups,
             allow,
             workers_dir,
+            uids,
+            seccomp_profile,
         })
+    }
+
+    /// How many sandbox uids serve workers now, and how many there are.
+    pub fn uids_in_use(&self) -> (usize, u32) {
+        (self.uids.in_use(), self.uids.count())
     }
 
     /// Creates a container, starts its kernel and connects to it.
     pub async fn create(&self) -> Result<Worker> {
         let id = random::hex(8);
         let dir = self.workers_dir.join(&id);
+        let uid = self.uids.take().with_context(|| {
+            format!(
+                "every sandbox uid ({} from {}) serves a worker",
+                self.uids.count(),
+                self.uids.first()
+            )
+        })?;
         let mut remains = Remains {
             id: id.clone(),
             container: None,
             dir: dir.clone(),
+            uid: Some(uid),
         };
-        match self.start(&id, &dir, &mut remains).await {
+        match self.start(&id, &dir, uid, &mut remains).await {
             Ok(worker) => Ok(worker),
             Err(e) => {
                 self.destroy(remains).await;
@@ -107,14 +148,14 @@ impl WorkerFactory {
         }
     }
 
-    async fn start(&self, id: &str, dir: &Path, remains: &mut Remains) -> Result<Worker> {
+    async fn start(&self, id: &str, dir: &Path, uid: u32, remains: &mut Remains) -> Result<Worker> {
         let info = ConnectionInfo {
             key: random::hex(32),
             host_dir: dir.to_path_buf(),
             kernel_dir: spec::KERNEL_DIR.into(),
         };
         let reachable = network::resolve(&self.allow).await?;
-        write_worker_dir(&info, &firewall::ruleset_json(&reachable.allowed))?;
+        write_worker_dir(&info, &firewall::ruleset_json(&reachable.allowed), uid)?;
         let name = format!("code-interpreter-{}-{id}", self.config.worker.instance);
         let site = spec::WorkerSite {
             name: &name,
@@ -124,6 +165,8 @@ impl WorkerFactory {
                 .allowed
                 .iter()
                 .any(|a| spec::is_host_loopback(a.addr, a.prefix)),
+            uid,
+            seccomp_profile: &self.seccomp_profile,
         };
         let opts = spec::container_opts(&self.config, &self.cgroups, &site);
         let (container, warnings) = self.podman.run(&opts).await?;
@@ -133,9 +176,24 @@ impl WorkerFactory {
         }
         let within = Duration::from_secs(self.config.worker.start_timeout_secs);
         let started = tokio::time::Instant::now();
-        wait_for_sockets(&info, within)
-            .await
-            .with_context(|| format!("starting the kernel of worker {id}"))?;
+        // A container that dies before its kernel listens (a process limit,
+        // a bad image) fails the start at once instead of after `within`.
+        tokio::select! {
+            ready = wait_for_sockets(&info, within) => {
+                ready.with_context(|| format!("starting the kernel of worker {id}"))?;
+            }
+            code = self.watch_exit(&container) => {
+                let mut reason = fs::read_to_string(dir.join(STARTUP_ERROR_FILE)).unwrap_or_default();
+                if reason.trim().is_empty() {
+                    reason = self.podman.log_tail(&container, 3).await;
+                }
+                anyhow::bail!(
+                    "the container of worker {id} exited (code {code}) before its kernel listened{}",
+                    if reason.is_empty() { String::new() } else { format!(": {}", reason.trim()) }
+                );
+            }
+        }
+        check_sandbox_uid(dir, uid)?;
         let kernel = KernelClient::connect(&info, within.saturating_sub(started.elapsed()))
             .await
             .with_context(|| format!("connecting to the kernel of worker {id}"))?;
@@ -145,8 +203,19 @@ impl WorkerFactory {
             container,
             dir: dir.to_path_buf(),
             key: info.key,
+            uid: Some(uid),
             kernel,
         })
+    }
+
+    /// Resolves with the exit code once `container` has stopped running.
+    async fn watch_exit(&self, container: &str) -> i32 {
+        loop {
+            tokio::time::sleep(EXIT_POLL).await;
+            if let Ok(Some(code)) = self.podman.exit_code(container).await {
+                return code;
+            }
+        }
     }
 
     /// Re-connects to a worker a previous run of the gateway left running,
@@ -158,19 +227,31 @@ impl WorkerFactory {
             "worker directory {} is not ours",
             record.dir.display()
         );
+        if let Some(uid) = record.uid {
+            anyhow::ensure!(
+                self.uids.claim(uid),
+                "sandbox uid {uid} is outside worker.uid_base/uid_count or claimed twice"
+            );
+        }
         let info = ConnectionInfo {
             key: record.key.clone(),
             host_dir: record.dir.clone(),
             kernel_dir: spec::KERNEL_DIR.into(),
         };
-        let kernel = KernelClient::connect(&info, ADOPT_TIMEOUT)
-            .await
-            .with_context(|| format!("re-connecting to worker {}", record.id))?;
+        let kernel = match KernelClient::connect(&info, ADOPT_TIMEOUT).await {
+            Ok(kernel) => kernel,
+            Err(e) => {
+                // Not adopted: remove_others removes its container later. Its
+                // uid stays out of the free list (one uid less: the safe side).
+                return Err(e).with_context(|| format!("re-connecting to worker {}", record.id));
+            }
+        };
         Ok(Worker {
             id: record.id.clone(),
             container: record.container.clone(),
             dir: record.dir.clone(),
             key: record.key.clone(),
+            uid: record.uid,
             kernel,
         })
     }
@@ -203,6 +284,7 @@ impl WorkerFactory {
 
     /// Removes the container and the directory; logs what could not be removed.
     pub async fn destroy(&self, remains: Remains) {
+        let mut removed = true;
         if let Some(container) = &remains.container {
             // Podman may be restarting: retry for about half a minute before giving up.
             for attempt in 0..REMOVE_ATTEMPTS {
@@ -210,12 +292,22 @@ impl WorkerFactory {
                     Ok(()) => break,
                     Err(e) if attempt + 1 == REMOVE_ATTEMPTS => {
                         tracing::error!(worker = remains.id, "could not remove container: {e:#}");
+                        removed = false;
                     }
                     Err(_) => tokio::time::sleep(Duration::from_millis(500 << attempt)).await,
                 }
             }
         }
         remove_worker_dir(&remains.dir).await;
+        match remains.uid {
+            // Removal killed every process of the container: the uid is clean.
+            Some(uid) if removed => self.uids.give_back(uid),
+            Some(uid) => tracing::error!(
+                worker = remains.id,
+                "sandbox uid {uid} stays out of use: its container may still run"
+            ),
+            None => {}
+        }
     }
 }
 
@@ -227,6 +319,7 @@ impl Worker {
             container: self.container.clone(),
             dir: self.dir.clone(),
             key: self.key.clone(),
+            uid: self.uid,
             user: None,
             session_started: None,
         }
@@ -238,6 +331,7 @@ impl Worker {
             id: self.id,
             container: Some(self.container),
             dir: self.dir,
+            uid: self.uid,
         }
     }
 }
@@ -271,10 +365,14 @@ async fn remove_worker_dir(dir: &Path) {
 
 /// Tries to remove a container before giving up (0.5 s, 1 s, 2 s … between).
 const REMOVE_ATTEMPTS: u32 = 6;
+/// How often a starting worker's container is checked for an early exit.
+const EXIT_POLL: Duration = Duration::from_millis(500);
 /// How long a worker left by a previous run may take to prove it is alive.
 const ADOPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The kernel's connection file, inside the worker directory.
 const CONNECTION_FILE: &str = "connection.json";
+/// File in which the entrypoint says which uid the kernel runs as.
+const SANDBOX_UID_FILE: &str = "sandbox-uid";
 /// File the entrypoint writes when it refuses to start the kernel.
 const STARTUP_ERROR_FILE: &str = "startup-error";
 
@@ -283,7 +381,7 @@ const STARTUP_ERROR_FILE: &str = "startup-error";
 /// The kernel runs as another uid (a subordinate id of ours), so the directory
 /// is world-writable and the files world-readable; all sit inside our 0700
 /// runtime directory, which no other host user can traverse.
-fn write_worker_dir(info: &ConnectionInfo, ruleset: &str) -> Result<()> {
+fn write_worker_dir(info: &ConnectionInfo, ruleset: &str, uid: u32) -> Result<()> {
     let dir = &info.host_dir;
     fs::DirBuilder::new()
         .mode(0o777)
@@ -298,7 +396,19 @@ fn write_worker_dir(info: &ConnectionInfo, ruleset: &str) -> Result<()> {
         &info.kernel_file().to_string(),
         0o666,
     )?;
-    write_file(&dir.join("ruleset.json"), ruleset, 0o644)
+    write_file(&dir.join("ruleset.json"), ruleset, 0o644)?;
+    // Mounted read-only over /etc/passwd and /etc/group: `whoami` is sandbox.
+    let (passwd, group) = spec::account_files(uid);
+    write_file(&dir.join(spec::PASSWD_FILE), &passwd, 0o644)?;
+    write_file(&dir.join(spec::GROUP_FILE), &group, 0o644)
+}
+
+/// Writes `path` whole (temp file + rename), e.g. a file left by an earlier run.
+fn write_replacing(path: &Path, content: &str, mode: u32) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
+    write_file(&tmp, content, mode)?;
+    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
 }
 
 fn write_file(path: &Path, content: &str, mode: u32) -> Result<()> {
@@ -313,6 +423,20 @@ fn write_file(path: &Path, content: &str, mode: u32) -> Result<()> {
     // The umask may have cleared bits at creation.
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+/// The entrypoint writes the uid it dropped to before the kernel starts; an
+/// image whose entrypoint predates CI_SANDBOX_UID writes nothing and would run
+/// every worker as uid 1000 (one shared process limit): refuse it.
+fn check_sandbox_uid(dir: &Path, uid: u32) -> Result<()> {
+    let marker = dir.join(SANDBOX_UID_FILE);
+    let written = fs::read_to_string(&marker).unwrap_or_default();
+    anyhow::ensure!(
+        written.trim() == uid.to_string(),
+        "the worker image does not run each worker as its own uid (no {SANDBOX_UID_FILE} \
+         from its entrypoint): rebuild it from containerfiles/ (scripts/start.sh)"
+    );
+    fs::remove_file(&marker).with_context(|| format!("removing {}", marker.display()))
 }
 
 /// Once the kernel listens, the worker may no longer write to its directory:

@@ -9,8 +9,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context, Result};
+use futures_util::StreamExt;
 use podman_api::opts::{
     ContainerCreateOpts, ContainerDeleteOpts, ContainerListFilter, ContainerListOpts,
+    ContainerLogsOpts,
 };
 use podman_api::Podman;
 use tokio::time::timeout;
@@ -20,6 +22,8 @@ use crate::host::CgroupSupport;
 
 /// Longest any single Podman API call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a dead container's log may take to read (it only adds detail to an error).
+const LOG_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A handle on the Podman service.
 #[derive(Clone)]
@@ -34,9 +38,9 @@ impl PodmanRuntime {
         }
     }
 
-    /// The Podman server's version and what cgroup limits it can apply;
-    /// also proves the socket answers.
-    pub async fn info(&self) -> Result<(String, CgroupSupport)> {
+    /// The Podman server's version, what cgroup limits it can apply and (rootless)
+    /// the container uids its user namespace maps; also proves the socket answers.
+    pub async fn info(&self) -> Result<(String, CgroupSupport, Option<Vec<(u32, u32)>>)> {
         let info = bounded("asking Podman for its info", self.podman.info()).await?;
         let version = info
             .version
@@ -46,12 +50,38 @@ impl PodmanRuntime {
             .host
             .ok_or_else(|| anyhow!("Podman's info has no host section"))?;
         let rootless = host.security.and_then(|s| s.rootless).unwrap_or(true);
+        // Rootless: ranges (first container uid, size) the user namespace maps.
+        let mapped = host.id_mappings.and_then(|m| m.uidmap).map(|maps| {
+            maps.iter()
+                .filter_map(|m| {
+                    Some((
+                        u32::try_from(m.container_id?).ok()?,
+                        u32::try_from(m.size?).ok()?,
+                    ))
+                })
+                .collect::<Vec<_>>()
+        });
         let cgroups = CgroupSupport::new(
             host.cgroup_version.as_deref().unwrap_or("unknown"),
             rootless,
             host.cgroup_controllers.unwrap_or_default(),
         );
-        Ok((version, cgroups))
+        Ok((version, cgroups, mapped.filter(|_| rootless)))
+    }
+
+    /// The exit code of a container that is no longer running; None while it runs.
+    pub async fn exit_code(&self, id: &str) -> Result<Option<i32>> {
+        let inspect = bounded(
+            "inspecting a worker container",
+            self.podman.containers().get(id).inspect(),
+        )
+        .await?;
+        // Unknown counts as running; "created" is not yet running, not exited.
+        Ok(inspect.state.and_then(|state| {
+            let running = state.running.unwrap_or(true)
+                || matches!(state.status.as_deref(), Some("created" | "initialized"));
+            (!running).then(|| state.exit_code.unwrap_or(-1))
+        }))
     }
 
     /// Creates and starts a container; returns its id and Podman's warnings.
@@ -85,6 +115,32 @@ impl PodmanRuntime {
             Err(e) if format!("{e:#}").contains("no such container") => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// The last lines a (stopped) container wrote to stdout and stderr, joined;
+    /// empty when Podman has none or does not answer within a few seconds.
+    pub async fn log_tail(&self, id: &str, lines: usize) -> String {
+        let opts = ContainerLogsOpts::builder()
+            .stdout(true)
+            .stderr(true)
+            .tail(lines.to_string())
+            .build();
+        let container = self.podman.containers().get(id);
+        let collect = async {
+            let mut text = Vec::new();
+            let mut chunks = container.logs(&opts);
+            while let Some(Ok(chunk)) = chunks.next().await {
+                text.extend(Vec::<u8>::from(chunk));
+            }
+            text
+        };
+        let text = timeout(LOG_TIMEOUT, collect).await.unwrap_or_default();
+        String::from_utf8_lossy(&text)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ")
     }
 
     /// Ids of all worker containers of `instance`, running or not.

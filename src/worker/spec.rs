@@ -2,10 +2,12 @@
 //!
 //! The container starts as root with only the capabilities its entrypoint
 //! needs to load the firewall and drop privileges (NET_ADMIN, SETUID, SETGID,
-//! SETPCAP); the kernel itself then runs as uid 1000 with every capability set
-//! empty and NoNewPrivs (see containerfiles/worker/worker-entrypoint). Around
-//! it: a read-only root with small tmpfs mounts, an init process, rlimits, cgroup
-//! limits where Podman can enforce them, and no network unless allowlisted.
+//! SETPCAP); the kernel itself then runs as the worker's own sandbox uid with
+//! every capability set empty and NoNewPrivs (see
+//! containerfiles/worker/worker-entrypoint). Around it: our seccomp profile, a
+//! read-only root where every writable mount has a size, an init process,
+//! rlimits, cgroup limits where Podman can enforce them, and no network unless
+//! allowlisted.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -28,6 +30,19 @@ pub const KERNEL_DIR: &str = "/run/kernel";
 pub const HOME_DIR: &str = "/home/sandbox";
 /// What the entrypoint needs before it drops everything.
 const ENTRYPOINT_CAPS: [&str; 4] = ["NET_ADMIN", "SETUID", "SETGID", "SETPCAP"];
+/// Size of the small tmpfs mounts nothing needs to write much to (/run, /var/tmp), MiB.
+/// Podman's `--read-only` would mount them without a size (half the host's memory).
+const SMALL_TMPFS_MB: u64 = 1;
+/// TCP's buffer autotuning ceiling in the worker's own network namespace (the
+/// host's is 4 and 32 MiB). `net.core.{r,w}mem_max` cannot be lowered from a
+/// rootless user namespace (runc: permission denied); instead our seccomp
+/// profile refuses SO_SNDBUF/SO_RCVBUF, so every socket keeps the 208 KiB
+/// defaults.
+const SOCKET_BUFFER_MAX: u64 = 212_992;
+/// The per-worker account files, written by the gateway into the worker
+/// directory and mounted read-only over the image's: the worker's uid is `sandbox`.
+pub const PASSWD_FILE: &str = "passwd";
+pub const GROUP_FILE: &str = "group";
 /// slirp4netns's address for the host's loopback (only with allow_host_loopback).
 const SLIRP_HOST_LOOPBACK: &str = "10.0.2.2";
 
@@ -39,6 +54,10 @@ pub struct WorkerSite<'a> {
     pub hosts: &'a [(String, IpAddr)],
     /// Whether an allowlisted destination is the host's loopback (via slirp4netns).
     pub needs_host_loopback: bool,
+    /// The worker's own sandbox uid (and gid).
+    pub uid: u32,
+    /// The seccomp profile, a path Podman reads on its host.
+    pub seccomp_profile: &'a Path,
 }
 
 /// Create options for one worker container.
@@ -52,9 +71,17 @@ pub fn container_opts(
         (WORKER_LABEL.to_string(), "1".to_string()),
         (INSTANCE_LABEL.to_string(), config.worker.instance.clone()),
     ]);
+    // Every writable mount has a size: without a memory cgroup, tmpfs pages
+    // are memory RLIMIT_AS does not count. (/dev/shm is sized by shm_size;
+    // /dev belongs to container root; /dev/mqueue is bounded per uid by
+    // RLIMIT_MSGQUEUE.)
     let mounts = vec![
+        tmpfs("/run", SMALL_TMPFS_MB),
         bind(site.host_dir, KERNEL_DIR),
+        read_only_file(&site.host_dir.join(PASSWD_FILE), "/etc/passwd"),
+        read_only_file(&site.host_dir.join(GROUP_FILE), "/etc/group"),
         tmpfs("/tmp", limits.tmp_mb),
+        tmpfs("/var/tmp", SMALL_TMPFS_MB),
         tmpfs(HOME_DIR, limits.disk_mb),
     ];
     // Podman's REST API does not apply containers.conf default_ulimits, and the
@@ -73,6 +100,8 @@ pub fn container_opts(
             "CI_LIMIT_FSIZE".to_string(),
             (limits.disk_mb * 1024 * 1024).to_string(),
         ),
+        // The entrypoint drops to this uid (1000 when unset: older gateways).
+        ("CI_SANDBOX_UID".to_string(), site.uid.to_string()),
     ]);
     let mut builder = ContainerCreateOpts::builder()
         .name(site.name)
@@ -85,6 +114,9 @@ pub fn container_opts(
         .add_capabilities(ENTRYPOINT_CAPS)
         .read_only_fs(true)
         .mounts(mounts)
+        .shm_size((limits.shm_mb * 1024 * 1024) as i64)
+        .sysctl(socket_buffer_sysctls())
+        .seccomp_profile_path(site.seccomp_profile.display().to_string())
         .r_limits(rlimits)
         .init(true)
         // podman-api sends stop's timeout under a name Podman ignores; a short
@@ -107,6 +139,15 @@ pub fn container_opts(
         builder = builder.resource_limits(resources);
     }
     builder.build()
+}
+
+/// Caps on TCP's socket buffers in the worker's network namespace.
+fn socket_buffer_sysctls() -> HashMap<String, String> {
+    let max = SOCKET_BUFFER_MAX;
+    HashMap::from([
+        ("net.ipv4.tcp_wmem".into(), format!("4096 16384 {max}")),
+        ("net.ipv4.tcp_rmem".into(), format!("4096 131072 {max}")),
+    ])
 }
 
 /// Whether an allowlisted network includes slirp4netns's host-loopback address.
@@ -167,6 +208,33 @@ fn bind(source: &Path, destination: &str) -> ContainerMount {
     }
 }
 
+fn read_only_file(source: &Path, destination: &str) -> ContainerMount {
+    ContainerMount {
+        destination: Some(destination.into()),
+        source: Some(source.display().to_string()),
+        _type: Some("bind".into()),
+        options: Some(vec![
+            "ro".into(),
+            "nosuid".into(),
+            "nodev".into(),
+            "noexec".into(),
+        ]),
+        uid_mappings: None,
+        gid_mappings: None,
+    }
+}
+
+/// `/etc/passwd` and `/etc/group` of a worker whose sandbox uid is `uid`.
+pub fn account_files(uid: u32) -> (String, String) {
+    let passwd = format!(
+        "root:x:0:0:root:/root:/usr/sbin/nologin\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
+         sandbox:x:{uid}:{uid}:sandbox:{HOME_DIR}:/bin/bash\n"
+    );
+    let group = format!("root:x:0:\nnogroup:x:65534:\nsandbox:x:{uid}:\n");
+    (passwd, group)
+}
+
 fn tmpfs(destination: &str, size_mb: u64) -> ContainerMount {
     ContainerMount {
         destination: Some(destination.into()),
@@ -204,6 +272,8 @@ mod tests {
             host_dir: Path::new("/run/user/1/ci/workers/w1"),
             hosts: &[("mirror.test".into(), "192.0.2.7".parse().unwrap())],
             needs_host_loopback: true,
+            uid: 10_007,
+            seccomp_profile: Path::new("/run/user/1/ci/seccomp-worker.json"),
         };
         let opts = container_opts(config, cgroups, &site);
         serde_json::from_str(&opts.serialize().unwrap()).unwrap()
@@ -222,13 +292,46 @@ mod tests {
         assert_eq!(spec["labels"][INSTANCE_LABEL], "default");
         assert_eq!(spec["r_limits"][0]["type"], "nofile");
         assert_eq!(spec["env"]["CI_LIMIT_AS"], (2048u64 << 20).to_string());
+        assert_eq!(spec["env"]["CI_SANDBOX_UID"], "10007");
+        assert_eq!(
+            spec["seccomp_profile_path"],
+            "/run/user/1/ci/seccomp-worker.json"
+        );
+        assert_eq!(spec["shm_size"], 64u64 << 20);
+        assert_eq!(spec["sysctl"]["net.ipv4.tcp_rmem"], "4096 131072 212992");
         let mounts = spec["mounts"].as_array().unwrap();
-        assert_eq!(mounts[0]["destination"], KERNEL_DIR);
-        assert_eq!(mounts[0]["source"], "/run/user/1/ci/workers/w1");
-        assert!(mounts[2]["options"]
+        let mount = |dest: &str| {
+            mounts
+                .iter()
+                .find(|m| m["destination"] == dest)
+                .unwrap_or_else(|| panic!("no mount on {dest}"))
+        };
+        assert_eq!(mount(KERNEL_DIR)["source"], "/run/user/1/ci/workers/w1");
+        assert_eq!(
+            mount("/etc/passwd")["source"],
+            "/run/user/1/ci/workers/w1/passwd"
+        );
+        assert!(mount("/etc/passwd")["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ro")));
+        assert!(mount(HOME_DIR)["options"]
             .as_array()
             .unwrap()
             .contains(&json!("size=500m")));
+        // Every writable mount has a size.
+        for m in mounts.iter().filter(|m| m["type"] == "tmpfs") {
+            let options = m["options"].as_array().unwrap();
+            assert!(
+                options
+                    .iter()
+                    .any(|o| o.as_str().unwrap().starts_with("size=")),
+                "{m}"
+            );
+        }
+        for dest in ["/run", "/var/tmp", "/tmp"] {
+            mount(dest);
+        }
         assert!(
             spec.get("resource_limits").is_none(),
             "no cgroup limits Podman cannot enforce"
@@ -257,6 +360,14 @@ mod tests {
             .unwrap()
             .contains(&json!("allow_host_loopback=true")));
         assert_eq!(spec["hostadd"], json!(["mirror.test:192.0.2.7"]));
+    }
+
+    #[test]
+    fn the_sandbox_uid_is_named_sandbox() {
+        let (passwd, group) = account_files(10_042);
+        assert!(passwd.contains("\nsandbox:x:10042:10042:sandbox:/home/sandbox:/bin/bash\n"));
+        assert!(passwd.starts_with("root:x:0:0:"));
+        assert!(group.ends_with("sandbox:x:10042:\n"));
     }
 
     #[test]

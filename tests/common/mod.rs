@@ -154,6 +154,63 @@ pub struct Gateway {
     scratch: PathBuf,
     runtime_dir: String,
     http: reqwest::Client,
+    /// This gateway's own block of sandbox uids (gateways running at once
+    /// must not share uids, or their workers would share per-uid limits).
+    pub uids: UidBlock,
+    /// Whether the worker image comes from CI_TEST_WORKER_IMAGE.
+    image_from_env: bool,
+}
+
+/// A block of sandbox uids reserved for one test gateway by an exclusive
+/// lock file (holding the test's pid); released when dropped.
+pub struct UidBlock {
+    pub base: u32,
+    pub count: u32,
+    lock: PathBuf,
+}
+
+impl UidBlock {
+    const BLOCKS: u32 = 50;
+    const SIZE: u32 = 1000;
+
+    fn reserve() -> Self {
+        let pid = std::process::id().to_string();
+        for _ in 0..600 {
+            for n in 0..Self::BLOCKS {
+                let lock = std::env::temp_dir().join(format!("ci-test-uids-{n}.lock"));
+                let created = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&lock);
+                match created {
+                    Ok(mut file) => {
+                        use std::io::Write;
+                        file.write_all(pid.as_bytes()).unwrap();
+                        return Self {
+                            base: 10_000 + n * Self::SIZE,
+                            count: Self::SIZE,
+                            lock,
+                        };
+                    }
+                    Err(_) => {
+                        // A block of a test process that is gone is free again.
+                        let owner = fs::read_to_string(&lock).unwrap_or_default();
+                        if !owner.is_empty() && !PathBuf::from(format!("/proc/{owner}")).exists() {
+                            let _ = fs::remove_file(&lock);
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("no free block of sandbox uids");
+    }
+}
+
+impl Drop for UidBlock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.lock);
+    }
 }
 
 impl Gateway {
@@ -188,6 +245,7 @@ impl Gateway {
         fs::write(&config_path, config).unwrap();
         fs::set_permissions(&config_path, fs::Permissions::from_mode(0o644)).unwrap();
         let token = format!("test-token-{}", random_tag());
+        let image_from_env = !options.extra.contains("image =");
         let mut gateway = Self {
             child: None,
             url: format!("http://127.0.0.1:{port}"),
@@ -200,6 +258,8 @@ impl Gateway {
                 .timeout(Duration::from_secs(120))
                 .build()
                 .unwrap(),
+            uids: UidBlock::reserve(),
+            image_from_env,
         };
         gateway.spawn().await;
         gateway
@@ -230,6 +290,15 @@ impl Gateway {
                 .env("CODE_INTERPRETER_TOKEN", &self.token)
                 .env("CODE_INTERPRETER_INSTANCE", &self.instance)
                 .env("RUST_LOG", "info")
+                .env("CODE_INTERPRETER_UID_BASE", self.uids.base.to_string())
+                .env("CODE_INTERPRETER_UID_COUNT", self.uids.count.to_string())
+                .env(
+                    "CODE_INTERPRETER_WORKER_IMAGE",
+                    std::env::var("CI_TEST_WORKER_IMAGE")
+                        .ok()
+                        .filter(|_| self.image_from_env)
+                        .unwrap_or_default(),
+                )
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().unwrap())
                 .stderr(log.try_clone().unwrap())
@@ -431,8 +500,16 @@ impl Drop for Gateway {
             eprintln!("---- gateway log ({}) ----\n{}", self.instance, self.log());
         }
         self.stop();
-        for container in self.containers() {
-            self.svc.podman(&["rm", "-f", "-t", "0", &container]);
+        // A create the gateway sent just before it stopped may still land in
+        // Podman (it does not cancel on a closed connection; seen after a
+        // Podman restart): a second look a moment later removes it too.
+        for round in 0..2 {
+            if round > 0 {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            for container in self.containers() {
+                self.svc.podman(&["rm", "-f", "-t", "0", &container]);
+            }
         }
         // The directories belong to the service user: remove them as that user.
         let _ = self
