@@ -147,15 +147,22 @@ def delete(path):
 
 @_guard
 def listing():
-    """Regular files under the work directory (not following symlinks), at most 10000."""
+    """Regular files under the work directory (not following symlinks): at most
+    10000, and at most 1 MiB of names, so the answer stays well within the
+    4 MiB the gateway reads of one helper answer (a larger one would be taken
+    for a misbehaving worker)."""
     files = []
+    names_bytes = 0
     for top, dirs, names in os.walk(ROOT):
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(top, d)))
         for name in sorted(names):
             full = os.path.join(top, name)
             st = os.lstat(full)
             if stat.S_ISREG(st.st_mode) and not name.startswith("."):
-                files.append({"name": os.path.relpath(full, ROOT), "size": st.st_size, "modified": st.st_mtime})
-            if len(files) >= 10000:
-                return files
+                rel = os.path.relpath(full, ROOT)
+                names_bytes += len(rel.encode("utf-8", "surrogateescape"))
+                if len(files) >= 10000 or names_bytes > 1024 * 1024:
+                    return files
+                files.append({"name": rel, "size": st.st_size, "modified": st.st_mtime})
+    return files
     return files
