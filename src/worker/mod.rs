@@ -73,12 +73,7 @@ impl WorkerFactory {
         }
         let allow = match config.network.mode {
             NetworkMode::None => Vec::new(),
-            NetworkMode::Allowlist => config
-                .network
-                .allow
-                .iter()
-                .map(|entry| AllowEntry::parse(entry))
-                .collect::<Result<_>>()?,
+            NetworkMode::Allowlist => config.network.allow.clone(),
         };
         Ok(Self {
             podman,
