@@ -153,36 +153,35 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
 
     // The file API: `/files` lists, `/files/{path}` is one file. The method is
     // checked before the token so that a wrong method is 405 on every route.
-    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let list = warp::path!("files")
         .and(warp::get())
         .and(auth.clone())
         .and(with_state.clone())
-        .and(query)
-        .then(|state, query| async move { respond(files::list(state, query).await) });
+        .and(user_query())
+        .then(|state, user| async move { respond(files::list(state, user).await) });
     let download = file_path()
         .and(warp::get())
         .and(auth.clone())
         .and(with_state.clone())
-        .and(query)
+        .and(user_query())
         .then(
-            |path, state, query| async move { respond(files::download(state, path, query).await) },
+            |path, state, user| async move { respond(files::download(state, path, user).await) },
         );
     let upload = file_path()
         .and(warp::put())
         .and(auth.clone())
         .and(with_state.clone())
-        .and(query)
+        .and(user_query())
         .and(warp::body::stream())
-        .then(|path, state, query, body| async move {
-            respond(files::upload(state, path, query, body).await)
+        .then(|path, state, user, body| async move {
+            respond(files::upload(state, path, user, body).await)
         });
     let delete = file_path()
         .and(warp::delete())
         .and(auth)
         .and(with_state)
-        .and(query)
-        .then(|path, state, query| async move { respond(files::delete(state, path, query).await) });
+        .and(user_query())
+        .then(|path, state, user| async move { respond(files::delete(state, path, user).await) });
 
     let files = list
         .or(download)
