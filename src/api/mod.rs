@@ -164,9 +164,7 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .and(auth.clone())
         .and(with_state.clone())
         .and(user_query())
-        .then(
-            |path, state, user| async move { respond(files::download(state, path, user).await) },
-        );
+        .then(|path, state, user| async move { respond(files::download(state, path, user).await) });
     let upload = file_path()
         .and(warp::put())
         .and(auth.clone())
