@@ -93,6 +93,7 @@ main() {
 		shift
 	done
 	ensure_venv
+	# The default features include `bench` (scripts/lib.sh builds the installed gateway without).
 	(cd "$REPO" && cargo build --release --locked --quiet)
 	local bin=$REPO/target/release/code-interpreter token
 	token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')

@@ -13,7 +13,7 @@
 #
 # Usage: scripts/install.sh [--binary PATH | --build-in-container] [--start]
 #   --binary PATH           put this gateway binary in the image (default:
-#                           `cargo build --release` here)
+#                           `cargo build --release --no-default-features` here)
 #   --build-in-container    compile the gateway in a Rust container image
 #                           instead (needs a reachable registry)
 #   --start                 start the service and wait until it is healthy

@@ -710,14 +710,16 @@ start_gateway() {
 	exit 1
 }
 
-# build_gateway: cargo build --release [--locked]; prints the binary's path.
+# build_gateway: cargo build --release [--locked] --no-default-features (the
+# gateway without `bench` and its HTTP client); prints the binary's path.
 build_gateway() {
 	command -v cargo >/dev/null ||
 		die "cargo not found: install a Rust toolchain (https://rustup.rs) to build the gateway"
-	local locked=()
-	[[ -f $REPO/Cargo.lock ]] && locked=(--locked)
-	log "gateway: cargo build --release ${locked[*]}" >&2
-	(cd "$REPO" && cargo build --release "${locked[@]}") >&2
+	local args=(--release)
+	[[ -f $REPO/Cargo.lock ]] && args+=(--locked)
+	args+=(--no-default-features)
+	log "gateway: cargo build ${args[*]}" >&2
+	(cd "$REPO" && cargo build "${args[@]}") >&2
 	echo "$REPO/target/release/code-interpreter"
 }
 

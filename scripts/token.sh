@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# token.sh — prints the gateway's API token (clients send it as a Bearer token).
+# token.sh — prints the gateway's API token (clients send it in the X-Auth-Token header).
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -144,8 +144,9 @@ pub struct LimitsConfig {
 pub struct NetworkConfig {
     pub mode: NetworkMode,
     /// Destinations allowed in `allowlist` mode: "CIDR", "IP", "IP:PORT",
-    /// "[IPv6]:PORT" or "HOST:PORT" (HOST resolved by the gateway).
-    pub allow: Vec<String>,
+    /// "[IPv6]:PORT" or "HOST:PORT" (HOST resolved by the gateway), parsed
+    /// once, when the file is read.
+    pub allow: Vec<AllowEntry>,
 }
 
 /// `none`: loopback only. `allowlist`: an interface, and only `allow` reachable.
@@ -158,7 +159,8 @@ pub enum NetworkMode {
 }
 
 /// One parsed `network.allow` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum AllowEntry {
     Net {
         addr: IpAddr,
@@ -169,6 +171,14 @@ pub enum AllowEntry {
         name: String,
         port: u16,
     },
+}
+
+impl TryFrom<String> for AllowEntry {
+    type Error = anyhow::Error;
+
+    fn try_from(text: String) -> Result<Self> {
+        Self::parse(&text)
+    }
 }
 
 impl AllowEntry {
@@ -416,9 +426,6 @@ impl Config {
         if limits.address_space_mb < 512 {
             bail!("limits.address_space_mb below 512 leaves no room for a Python kernel");
         }
-        for entry in &self.network.allow {
-            AllowEntry::parse(entry)?;
-        }
         if self.network.mode == NetworkMode::None && !self.network.allow.is_empty() {
             bail!("network.allow is set but network.mode is \"none\"; set mode = \"allowlist\"");
         }
@@ -602,6 +609,22 @@ mod tests {
         ] {
             assert!(AllowEntry::parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn allow_entries_are_parsed_when_the_file_is_read() {
+        let config: Config =
+            toml::from_str("[network]\nmode = \"allowlist\"\nallow = [\"10.0.2.2:8080\"]\n")
+                .unwrap();
+        assert_eq!(
+            config.network.allow,
+            [AllowEntry::parse("10.0.2.2:8080").unwrap()]
+        );
+        let error = toml::from_str::<Config>("[network]\nallow = [\"host\"]\n").unwrap_err();
+        assert!(
+            error.to_string().contains("is not CIDR, IP"),
+            "the entry's own error: {error}"
+        );
     }
 
     #[test]

@@ -4,10 +4,12 @@
 //! their own IPython kernel in a rootless Podman container, and `token` prints
 //! the API token that clients must send as `X-Auth-Token`. `healthcheck` is the
 //! gateway container's health check (its image has no curl). `bench` measures
-//! a running gateway (see docs/benchmarks.md).
+//! a running gateway (see docs/benchmarks.md); it is built with the `bench`
+//! feature (on by default), which the installed gateway leaves out.
 
 mod api;
 mod auth;
+#[cfg(feature = "bench")]
 mod bench;
 mod config;
 mod front;
@@ -47,8 +49,22 @@ enum Command {
     /// Exit 0 if the gateway at the configured address answers `GET /health` with 200.
     Healthcheck,
     /// Measure a gateway under the original's workload (and a jupyter_client baseline).
+    #[cfg(feature = "bench")]
     Bench(bench::BenchArgs),
+    /// Not in this build (see `NO_BENCH`).
+    #[cfg(not(feature = "bench"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
+
+/// What `bench` answers in a gateway built without the `bench` feature.
+#[cfg(not(feature = "bench"))]
+const NO_BENCH: &str = "this code-interpreter was built without the benchmark \
+    (--no-default-features, as installed); build it with `cargo build --release` \
+    and run target/release/code-interpreter bench, or use scripts/bench.sh";
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -59,9 +75,12 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => healthcheck(config.server.listen),
+        #[cfg(feature = "bench")]
         Command::Bench(args) => bench::run(args, || {
             Ok(auth::Token::load_or_create(&config)?.reveal().to_string())
         }),
+        #[cfg(not(feature = "bench"))]
+        Command::Bench { .. } => anyhow::bail!(NO_BENCH),
         Command::Serve => {
             tracing_subscriber::fmt()
                 .with_env_filter(

@@ -16,8 +16,9 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Reply};
 
-/// What a preflight may ask for.
-const ALLOWED_METHODS: &str = "GET, POST";
+/// What a preflight may ask for: every method the API serves (`/files` uses
+/// PUT and DELETE).
+const ALLOWED_METHODS: &str = "GET, POST, PUT, DELETE";
 const ALLOWED_HEADERS: &str = "content-type, x-auth-token";
 /// Seconds a browser may cache a preflight answer.
 const PREFLIGHT_MAX_AGE: &str = "600";
@@ -172,5 +173,61 @@ mod tests {
             .reply(&f)
             .await;
         assert!(other.headers().get("access-control-allow-origin").is_none());
+    }
+
+    /// A preflight for every route the gateway serves (with and without the
+    /// `/api/v1` prefix) allows the route's method, and the actual request
+    /// carries the allowed origin: `/files` works cross-origin with PUT and DELETE.
+    #[tokio::test]
+    async fn every_route_passes_its_preflight() {
+        let (state, _dir) = crate::api::test_state_with(|config| {
+            config.server.cors_origins = vec!["https://app.example".into()];
+        });
+        let routes = crate::api::routes(state);
+        for &(method, path) in crate::api::ROUTES {
+            let path = path.replace("{path}", "dir/data.csv");
+            let prefixes: &[&str] = if crate::api::is_api(&path) {
+                &["", crate::api::API_PREFIX]
+            } else {
+                &[""]
+            };
+            for prefix in prefixes {
+                let uri = format!("{prefix}{path}?user_uuid=u");
+                let preflight = warp::test::request()
+                    .method("OPTIONS")
+                    .path(&uri)
+                    .header("origin", "https://app.example")
+                    .header("access-control-request-method", method)
+                    .header(
+                        "access-control-request-headers",
+                        "x-auth-token, content-type",
+                    )
+                    .reply(&routes)
+                    .await;
+                assert_eq!(preflight.status(), 204, "{method} {uri}");
+                let h = preflight.headers();
+                assert_eq!(h["access-control-allow-origin"], "https://app.example");
+                let methods = h["access-control-allow-methods"].to_str().unwrap();
+                assert!(
+                    methods.split(", ").any(|m| m == method),
+                    "{method} {uri}: allowed {methods}"
+                );
+                // The actual request (refused here for its missing token, or
+                // served without one) carries the origin for the page to read.
+                let actual = warp::test::request()
+                    .method(method)
+                    .path(&uri)
+                    .header("origin", "https://app.example")
+                    .reply(&routes)
+                    .await;
+                assert_ne!(actual.status(), 404, "{method} {uri}");
+                assert_ne!(actual.status(), 405, "{method} {uri}");
+                assert_eq!(
+                    actual.headers()["access-control-allow-origin"],
+                    "https://app.example",
+                    "{method} {uri}"
+                );
+            }
+        }
     }
 }

@@ -26,8 +26,10 @@ use crate::kernel::{ExecuteError, KernelClient};
 
 /// Bytes moved per kernel call.
 const CHUNK: usize = 2 * 1024 * 1024;
-/// Longest one kernel call of a transfer may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest one kernel call of a transfer (a chunk, a listing, a delete) may
+/// take. Not Podman's call timeout (`worker::podman`), which bounds calls to
+/// the Podman service and happens to be 60 s as well.
+const KERNEL_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest accepted path, bytes.
 const MAX_PATH: usize = 1024;
 
@@ -35,18 +37,18 @@ const MAX_PATH: usize = 1024;
 pub async fn upload<S, B>(
     state: Arc<AppState>,
     tail: String,
-    query: String,
+    user: Option<String>,
     body: S,
 ) -> Result<Response, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
     B: Buf + Send,
 {
-    let (user, path) = target(&query, Some(&tail))?;
+    let (user, path) = target(user, Some(&tail))?;
     let limit = state.config.limits.disk_mb * 1024 * 1024;
     let written = state
         .sessions
-        .with_kernel(&user, true, CALL_TIMEOUT, async |kernel| {
+        .with_kernel(&user, true, KERNEL_CALL_TIMEOUT, async |kernel| {
             let mut body = std::pin::pin!(body);
             let mut chunk: Vec<u8> = Vec::with_capacity(CHUNK);
             let mut offset: u64 = 0;
@@ -91,13 +93,13 @@ where
 pub async fn download(
     state: Arc<AppState>,
     tail: String,
-    query: String,
+    user: Option<String>,
 ) -> Result<Response, ApiError> {
-    let (user, path) = target(&query, Some(&tail))?;
+    let (user, path) = target(user, Some(&tail))?;
     let limit = state.config.limits.disk_mb * 1024 * 1024;
     let content = state
         .sessions
-        .with_kernel(&user, false, CALL_TIMEOUT, async |kernel| {
+        .with_kernel(&user, false, KERNEL_CALL_TIMEOUT, async |kernel| {
             let mut content: Vec<u8> = Vec::new();
             loop {
                 let call = format!("read({}, {}, {CHUNK})", literal(&path), content.len());
@@ -139,11 +141,11 @@ pub async fn download(
 }
 
 /// `GET /files?user_uuid=`: every regular file of the work directory.
-pub async fn list(state: Arc<AppState>, query: String) -> Result<Response, ApiError> {
-    let (user, _) = target(&query, None)?;
+pub async fn list(state: Arc<AppState>, user: Option<String>) -> Result<Response, ApiError> {
+    let (user, _) = target(user, None)?;
     let files = state
         .sessions
-        .with_kernel(&user, false, CALL_TIMEOUT, async |kernel| {
+        .with_kernel(&user, false, KERNEL_CALL_TIMEOUT, async |kernel| {
             call_kernel(kernel, "listing()").await
         })
         .await??;
@@ -154,12 +156,12 @@ pub async fn list(state: Arc<AppState>, query: String) -> Result<Response, ApiEr
 pub async fn delete(
     state: Arc<AppState>,
     tail: String,
-    query: String,
+    user: Option<String>,
 ) -> Result<Response, ApiError> {
-    let (user, path) = target(&query, Some(&tail))?;
+    let (user, path) = target(user, Some(&tail))?;
     state
         .sessions
-        .with_kernel(&user, false, CALL_TIMEOUT, async |kernel| {
+        .with_kernel(&user, false, KERNEL_CALL_TIMEOUT, async |kernel| {
             call_kernel(kernel, &format!("delete({})", literal(&path))).await
         })
         .await??;
@@ -176,7 +178,7 @@ async fn call_kernel(
     call: &str,
 ) -> Result<Result<Value, ApiError>, ExecuteError> {
     let expression = format!("__import__('_code_interpreter_files').{call}");
-    let deadline = tokio::time::Instant::now() + CALL_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + KERNEL_CALL_TIMEOUT;
     let text = kernel.evaluate(&expression, deadline).await?;
     let reply: Value = serde_json::from_str(&text).map_err(|e| {
         ExecuteError::Kernel(anyhow::anyhow!("the file helper answered {text:.80}: {e}"))
@@ -212,19 +214,15 @@ fn literal(text: &str) -> String {
     serde_json::to_string(text).expect("strings serialise")
 }
 
-/// The user from the query string and the checked path from the URL tail.
-fn target(query: &str, tail: Option<&str>) -> Result<(String, String), ApiError> {
-    let user = query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| *key == "user_uuid")
-        .map(|(_, value)| percent_decode(&value.replace('+', " ")))
-        .transpose()?
-        .ok_or_else(|| ApiError::bad_request("the user_uuid query parameter is required"))?;
+/// The user (`?user_uuid=`, decoded by warp's query filter) and the checked
+/// path from the URL tail (still percent-encoded: warp's `tail()` is not decoded).
+fn target(user: Option<String>, tail: Option<&str>) -> Result<(String, String), ApiError> {
+    let user =
+        user.ok_or_else(|| ApiError::bad_request("the user_uuid query parameter is required"))?;
     validate_user(&user).map_err(ApiError::bad_request)?;
     let path = match tail {
         Some(tail) => {
-            let path = percent_decode(tail)?;
+            let path = decode_path(tail)?;
             validate_path(&path).map_err(ApiError::bad_request)?;
             path
         }
@@ -253,24 +251,23 @@ fn validate_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn percent_decode(text: &str) -> Result<String, ApiError> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text
-                .get(i + 1..i + 3)
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .ok_or_else(|| ApiError::bad_request("malformed percent-encoding in the URL"))?;
-            out.push(hex);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
+/// Percent-decodes the URL tail. `percent_decode_str` passes a stray `%`
+/// through as is; a path with one is refused instead, as a client that meant
+/// a literal `%` would have sent `%25`.
+fn decode_path(tail: &str) -> Result<String, ApiError> {
+    let well_formed = tail
+        .split('%')
+        .skip(1)
+        .all(|rest| rest.len() >= 2 && rest.as_bytes()[..2].iter().all(u8::is_ascii_hexdigit));
+    if !well_formed {
+        return Err(ApiError::bad_request(
+            "malformed percent-encoding in the URL",
+        ));
     }
-    String::from_utf8(out).map_err(|_| ApiError::bad_request("the path is not UTF-8"))
+    percent_encoding::percent_decode_str(tail)
+        .decode_utf8()
+        .map(|path| path.into_owned())
+        .map_err(|_| ApiError::bad_request("the path is not UTF-8"))
 }
 
 #[cfg(test)]
@@ -298,19 +295,28 @@ mod tests {
     }
 
     #[test]
-    fn query_and_tail_decode() {
-        let (user, path) = target("user_uuid=al%20ice&x=1", Some("dir/na%C3%AFve%2Etxt")).unwrap();
-        assert_eq!((user.as_str(), path.as_str()), ("al ice", "dir/naïve.txt"));
-        assert!(target("", Some("a")).is_err());
+    fn tails_decode() {
+        let user = || Some("u".to_string());
+        let (_, path) = target(user(), Some("dir/na%C3%AFve%2Etxt")).unwrap();
+        assert_eq!(path, "dir/naïve.txt");
+        let (_, path) = target(user(), Some("a+b%2B%25.txt")).unwrap();
+        assert_eq!(path, "a+b+%.txt", "+ is not a space in a path");
+        assert!(target(None, Some("a")).is_err());
         assert!(
-            target("user_uuid=u", Some("%2e%2e/x")).is_err(),
+            target(user(), Some("%2e%2e/x")).is_err(),
             "encoded .. is refused"
         );
         assert!(
-            target("user_uuid=u", Some("a%00b")).is_err(),
+            target(user(), Some("a%00b")).is_err(),
             "encoded NUL is refused"
         );
-        assert!(target("user_uuid=u", Some("%zz")).is_err());
+        for malformed in ["%zz", "a%2", "a%", "%%41"] {
+            assert!(target(user(), Some(malformed)).is_err(), "{malformed}");
+        }
+        assert!(
+            target(user(), Some("%FF")).is_err(),
+            "invalid UTF-8 is refused"
+        );
     }
 
     #[test]

@@ -75,6 +75,12 @@ pub const ROUTES: &[(&str, &str)] = &[
 #[cfg(test)]
 pub const API_PREFIX: &str = "/api/v1";
 
+/// Whether a path of [`ROUTES`] is an API route (served under [`API_PREFIX`] too).
+#[cfg(test)]
+pub fn is_api(path: &str) -> bool {
+    !matches!(path, "/" | "/openapi.json") && !path.starts_with("/playground.")
+}
+
 /// Room for JSON escaping around the largest accepted `code` (`\u0000` is 6 bytes).
 fn body_limit(max_code_bytes: usize) -> usize {
     max_code_bytes.saturating_mul(6).saturating_add(64 * 1024)
@@ -147,36 +153,33 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
 
     // The file API: `/files` lists, `/files/{path}` is one file. The method is
     // checked before the token so that a wrong method is 405 on every route.
-    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let list = warp::path!("files")
         .and(warp::get())
         .and(auth.clone())
         .and(with_state.clone())
-        .and(query)
-        .then(|state, query| async move { respond(files::list(state, query).await) });
+        .and(user_query())
+        .then(|state, user| async move { respond(files::list(state, user).await) });
     let download = file_path()
         .and(warp::get())
         .and(auth.clone())
         .and(with_state.clone())
-        .and(query)
-        .then(
-            |path, state, query| async move { respond(files::download(state, path, query).await) },
-        );
+        .and(user_query())
+        .then(|path, state, user| async move { respond(files::download(state, path, user).await) });
     let upload = file_path()
         .and(warp::put())
         .and(auth.clone())
         .and(with_state.clone())
-        .and(query)
+        .and(user_query())
         .and(warp::body::stream())
-        .then(|path, state, query, body| async move {
-            respond(files::upload(state, path, query, body).await)
+        .then(|path, state, user, body| async move {
+            respond(files::upload(state, path, user, body).await)
         });
     let delete = file_path()
         .and(warp::delete())
         .and(auth)
         .and(with_state)
-        .and(query)
-        .then(|path, state, query| async move { respond(files::delete(state, path, query).await) });
+        .and(user_query())
+        .then(|path, state, user| async move { respond(files::delete(state, path, user).await) });
 
     let files = list
         .or(download)
@@ -248,12 +251,19 @@ fn authenticated(token: Token) -> impl Filter<Extract = (), Error = Rejection> +
 /// The returned directory holds the runtime dir; it is removed when dropped.
 #[cfg(test)]
 pub(crate) fn test_state() -> (Arc<AppState>, TestDir) {
+    test_state_with(|_| {})
+}
+
+/// [`test_state`] with the default configuration changed by `edit`.
+#[cfg(test)]
+pub(crate) fn test_state_with(edit: impl FnOnce(&mut Config)) -> (Arc<AppState>, TestDir) {
     use crate::worker::{podman::PodmanRuntime, WorkerFactory};
 
     let dir = TestDir(std::env::temp_dir().join(format!("ci-api-test-{}", crate::random::hex(6))));
     let mut config = Config::default();
     config.paths.runtime_dir = Some(dir.0.join("run"));
     config.paths.state_dir = Some(dir.0.join("state"));
+    edit(&mut config);
     let config = Arc::new(config);
     let podman = PodmanRuntime::new(&dir.0.join("no-podman.sock"));
     let cgroups = crate::host::CgroupSupport::new("unknown", true, Vec::new());

@@ -29,7 +29,7 @@ mod tests {
 
     use serde_json::Value;
 
-    use super::super::{routes, test_state, API_PREFIX, ROUTES};
+    use super::super::{is_api, routes, test_state, API_PREFIX, ROUTES};
     use super::DOCUMENT;
 
     const METHODS: [&str; 5] = ["get", "post", "put", "delete", "patch"];
@@ -49,10 +49,6 @@ mod tests {
             }
         }
         found
-    }
-
-    fn is_api(path: &str) -> bool {
-        !matches!(path, "/" | "/openapi.json") && !path.starts_with("/playground.")
     }
 
     #[test]

@@ -99,12 +99,7 @@ impl WorkerFactory {
         let uids = SandboxUids::new(config.worker.uid_base, config.worker.uid_count);
         let allow = match config.network.mode {
             NetworkMode::None => Vec::new(),
-            NetworkMode::Allowlist => config
-                .network
-                .allow
-                .iter()
-                .map(|entry| AllowEntry::parse(entry))
-                .collect::<Result<_>>()?,
+            NetworkMode::Allowlist => config.network.allow.clone(),
         };
         Ok(Self {
             podman,
