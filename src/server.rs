@@ -44,7 +44,11 @@ pub async fn run(config: Config) -> Result<()> {
         configured => configured.min(host_capacity),
     }
     .min(config.worker.uid_count as usize);
-    let factory = Arc::new(WorkerFactory::new(podman, Arc::clone(&config), cgroups)?);
+    let factory = Arc::new(WorkerFactory::new(
+        Arc::new(podman),
+        Arc::clone(&config),
+        cgroups,
+    )?);
     let metrics = Arc::new(Metrics::default());
     let registry = Registry::new(prepare_state_dir(&config)?);
     let adopted = adopt_previous_workers(&factory, &registry, &metrics).await;
