@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::metrics::Metrics;
+use crate::shutdown;
 use crate::state::Registry;
 use crate::worker::{Remains, Worker, WorkerFactory};
 
@@ -23,6 +24,12 @@ use crate::worker::{Remains, Worker, WorkerFactory};
 const TAKE_WAIT: Duration = Duration::from_secs(4);
 /// Longest a request waits behind creations that do succeed.
 const TAKE_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// How long the refill waits after `failures` creations in a row failed:
+/// 2, 4 … 30 s, so a broken setup is not a storm of containers.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30))
+}
 
 /// Why no worker could be had.
 #[derive(Debug)]
@@ -205,10 +212,12 @@ impl Pool {
         }
     }
 
-    /// Keeps `min_idle` workers ready, forever. Spawn once.
-    pub async fn run_refill(self: Arc<Self>) {
+    /// Keeps `min_idle` workers ready, until the shutdown. Spawn once.
+    /// Creations in flight then go on by themselves; a worker made after the
+    /// final save is not recorded, and the next start removes it.
+    pub async fn run_refill(self: Arc<Self>, mut shutdown: shutdown::Listener) {
         let mut failures: u32 = 0;
-        loop {
+        while !shutdown.is_shutdown() {
             let have = self.idle.lock().unwrap().len() + self.creating.load(Ordering::SeqCst);
             let wanted = self.min_idle.saturating_sub(have);
             let mut started = Vec::new();
@@ -225,26 +234,33 @@ impl Pool {
                 tokio::select! {
                     _ = self.refill.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.recv() => return,
                 }
                 self.remove_dead_idle();
                 continue;
             }
-            for handle in started {
-                match handle
-                    .await
-                    .unwrap_or_else(|e| Err(anyhow!("worker creation task failed: {e}")))
-                {
-                    Ok(()) => failures = 0,
-                    Err(_) => failures += 1,
+            let finished = async {
+                for handle in started {
+                    match handle
+                        .await
+                        .unwrap_or_else(|e| Err(anyhow!("worker creation task failed: {e}")))
+                    {
+                        Ok(()) => failures = 0,
+                        Err(_) => failures += 1,
+                    }
                 }
+            };
+            tokio::select! {
+                _ = finished => {}
+                _ = shutdown.recv() => return,
             }
             if failures > 0 {
-                // Back off 2, 4 … 30 s after consecutive failures; don't report
-                // "initializing" forever when the setup is broken.
+                // Don't report "initializing" forever when the setup is broken.
                 self.initializing.store(false, Ordering::SeqCst);
-                let delay =
-                    Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30));
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(failures)) => {}
+                    _ = shutdown.recv() => return,
+                }
             }
         }
     }

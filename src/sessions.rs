@@ -15,8 +15,12 @@ use crate::kernel::outputs::OutputSink;
 use crate::kernel::{ExecuteError, Execution, KernelClient, OutputLimits};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, TakeError};
+use crate::shutdown;
 use crate::state::{unix_now, Registry};
 use crate::worker::Worker;
+
+/// How often the reaper looks for expired sessions and dead idle kernels.
+const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// Why an execution produced no result.
 #[derive(Debug)]
@@ -274,33 +278,40 @@ impl Sessions {
         true
     }
 
-    /// Every second: destroys workers that died while their session was idle,
-    /// and releases sessions idle or old past their limits. Spawn once.
-    pub async fn run_reaper(self: Arc<Self>) {
+    /// Reaps every second, until the shutdown. Spawn once.
+    pub async fn run_reaper(self: Arc<Self>, mut shutdown: shutdown::Listener) {
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let sessions: Vec<(String, Arc<Session>)> = self
-                .table
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(user, session)| (user.clone(), Arc::clone(session)))
-                .collect();
-            for (user, session) in sessions {
-                let idle_for = session.last_used.lock().unwrap().elapsed();
-                let expired = idle_for >= self.expiry.idle_timeout
-                    && session.pending.load(Ordering::SeqCst) == 0
-                    || session.created.elapsed() >= self.expiry.max_age;
-                if expired {
-                    tracing::info!("session expired (idle {} s)", idle_for.as_secs());
-                    Metrics::bump(&self.metrics.sessions_expired);
-                    self.release(&user);
-                    continue;
-                }
-                // A locked slot has a request in flight, which notices a death itself.
-                if let Ok(mut slot) = session.worker.try_lock() {
-                    self.discard_if_dead(&mut slot);
-                }
+            tokio::select! {
+                _ = tokio::time::sleep(REAP_EVERY) => self.reap(),
+                _ = shutdown.recv() => return,
+            }
+        }
+    }
+
+    /// Destroys workers that died while their session was idle, and releases
+    /// sessions idle or old past their limits.
+    fn reap(&self) {
+        let sessions: Vec<(String, Arc<Session>)> = self
+            .table
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(user, session)| (user.clone(), Arc::clone(session)))
+            .collect();
+        for (user, session) in sessions {
+            let idle_for = session.last_used.lock().unwrap().elapsed();
+            let expired = idle_for >= self.expiry.idle_timeout
+                && session.pending.load(Ordering::SeqCst) == 0
+                || session.created.elapsed() >= self.expiry.max_age;
+            if expired {
+                tracing::info!("session expired (idle {} s)", idle_for.as_secs());
+                Metrics::bump(&self.metrics.sessions_expired);
+                self.release(&user);
+                continue;
+            }
+            // A locked slot has a request in flight, which notices a death itself.
+            if let Ok(mut slot) = session.worker.try_lock() {
+                self.discard_if_dead(&mut slot);
             }
         }
     }
