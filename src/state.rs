@@ -88,6 +88,12 @@ impl Registry {
         self.dirty.notify_one();
     }
 
+    /// The records as they stand (tests).
+    #[cfg(test)]
+    pub fn records(&self) -> Vec<WorkerRecord> {
+        self.records.lock().unwrap().values().cloned().collect()
+    }
+
     /// Writes the table after every change, until the shutdown. Spawn once;
     /// the final save is the server's, once this has returned.
     pub async fn run_writer(self: Arc<Self>, mut shutdown: shutdown::Listener) {
