@@ -246,8 +246,6 @@ pub fn create_opts(spec: &ContainerSpec) -> ContainerCreateOpts {
         .seccomp_profile_path(spec.seccomp_profile.display().to_string())
         .r_limits(spec.rlimits.iter().map(rlimit))
         .init(spec.init)
-        // podman-api sends stop's timeout under a name Podman ignores; a short
-        // stop_timeout at create keeps any stop from taking 10 s.
         .stop_timeout(spec.stop_timeout_secs);
     builder = match &spec.network {
         Network::None => builder.net_namespace(namespace("none")),

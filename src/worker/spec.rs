@@ -1,4 +1,6 @@
-//! The container spec of a worker, built from config alone (pure, unit-tested).
+//! The container spec of a worker, built from config alone, in our own types
+//! (pure; `podman.rs` turns it into Podman's create options, and its tests
+//! check what reaches Podman).
 //!
 //! The container starts as root with only the capabilities its entrypoint
 //! needs to load the firewall and drop privileges (NET_ADMIN, SETUID, SETGID,
