@@ -20,6 +20,7 @@ mod pool;
 mod random;
 mod server;
 mod sessions;
+mod shutdown;
 mod state;
 mod worker;
 

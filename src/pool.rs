@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::metrics::Metrics;
+use crate::shutdown;
 use crate::state::Registry;
 use crate::worker::{Remains, Worker, WorkerFactory};
 
@@ -23,6 +24,12 @@ use crate::worker::{Remains, Worker, WorkerFactory};
 const TAKE_WAIT: Duration = Duration::from_secs(4);
 /// Longest a request waits behind creations that do succeed.
 const TAKE_WAIT_MAX: Duration = Duration::from_secs(60);
+
+/// How long the refill waits after `failures` creations in a row failed:
+/// 2, 4 … 30 s, so a broken setup is not a storm of containers.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30))
+}
 
 /// Why no worker could be had.
 #[derive(Debug)]
@@ -205,10 +212,12 @@ impl Pool {
         }
     }
 
-    /// Keeps `min_idle` workers ready, forever. Spawn once.
-    pub async fn run_refill(self: Arc<Self>) {
+    /// Keeps `min_idle` workers ready, until the shutdown. Spawn once.
+    /// Creations in flight then go on by themselves; a worker made after the
+    /// final save is not recorded, and the next start removes it.
+    pub async fn run_refill(self: Arc<Self>, mut shutdown: shutdown::Listener) {
         let mut failures: u32 = 0;
-        loop {
+        while !shutdown.is_shutdown() {
             let have = self.idle.lock().unwrap().len() + self.creating.load(Ordering::SeqCst);
             let wanted = self.min_idle.saturating_sub(have);
             let mut started = Vec::new();
@@ -225,26 +234,33 @@ impl Pool {
                 tokio::select! {
                     _ = self.refill.notified() => {}
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = shutdown.recv() => return,
                 }
                 self.remove_dead_idle();
                 continue;
             }
-            for handle in started {
-                match handle
-                    .await
-                    .unwrap_or_else(|e| Err(anyhow!("worker creation task failed: {e}")))
-                {
-                    Ok(()) => failures = 0,
-                    Err(_) => failures += 1,
+            let finished = async {
+                for handle in started {
+                    match handle
+                        .await
+                        .unwrap_or_else(|e| Err(anyhow!("worker creation task failed: {e}")))
+                    {
+                        Ok(()) => failures = 0,
+                        Err(_) => failures += 1,
+                    }
                 }
+            };
+            tokio::select! {
+                _ = finished => {}
+                _ = shutdown.recv() => return,
             }
             if failures > 0 {
-                // Back off 2, 4 … 30 s after consecutive failures; don't report
-                // "initializing" forever when the setup is broken.
+                // Don't report "initializing" forever when the setup is broken.
                 self.initializing.store(false, Ordering::SeqCst);
-                let delay =
-                    Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30));
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff(failures)) => {}
+                    _ = shutdown.recv() => return,
+                }
             }
         }
     }
@@ -308,5 +324,160 @@ impl Pool {
         }
         self.ready.notify_waiters();
         result
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::shutdown::Shutdown;
+    use crate::worker::fake::FakeHost;
+
+    /// A pool on `host`'s fake runtime (two creations at a time).
+    pub(crate) fn fake_pool(host: &FakeHost, min_idle: usize, max_workers: usize) -> Arc<Pool> {
+        let registry = Registry::new(host.config.state_dir());
+        let metrics = Arc::new(Metrics::default());
+        Pool::new(host.factory(), metrics, registry, min_idle, max_workers, 2)
+    }
+
+    /// The registry and the metrics `pool` writes to.
+    pub(crate) fn shared(pool: &Pool) -> (Arc<Registry>, Arc<Metrics>) {
+        (Arc::clone(&pool.registry), Arc::clone(&pool.metrics))
+    }
+
+    /// Waits (at most 2 s) until `condition` holds.
+    pub(crate) async fn eventually(what: &str, condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !condition() {
+            assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn idle_workers_go_out_first_in_first_out_within_capacity() {
+        let host = FakeHost::new(Config::default());
+        let pool = fake_pool(&host, 0, 3);
+        let mut made = Vec::new();
+        for _ in 0..3 {
+            made.push(pool.factory.create().await.unwrap());
+        }
+        let ids: Vec<String> = made.iter().map(|w| w.id.clone()).collect();
+        pool.adopt(made, 0);
+        for id in &ids {
+            assert_eq!(&pool.take().await.unwrap().id, id);
+        }
+        assert!(matches!(pool.take().await, Err(TakeError::Full)));
+        assert_eq!(
+            host.runtime.runs.load(Ordering::SeqCst),
+            3,
+            "none made past capacity"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_destroyed_worker_frees_its_slot_and_container() {
+        let host = FakeHost::new(Config::default());
+        let pool = fake_pool(&host, 0, 1);
+        let worker = pool.take().await.unwrap();
+        assert!(matches!(pool.take().await, Err(TakeError::Full)));
+        assert_eq!(pool.registry.records().len(), 1);
+        pool.destroy(worker.into_remains());
+        eventually("the slot is free", || pool.snapshot().alive == 0).await;
+        assert!(host.runtime.containers().is_empty());
+        assert!(pool.registry.records().is_empty());
+        let again = pool.take().await.unwrap();
+        assert_eq!(
+            host.runtime.containers(),
+            std::slice::from_ref(&again.container)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dead_idle_worker_is_skipped_and_destroyed() {
+        let host = FakeHost::new(Config::default());
+        let pool = fake_pool(&host, 0, 2);
+        let first = pool.factory.create().await.unwrap();
+        let second = pool.factory.create().await.unwrap();
+        let (dead, alive) = (first.container.clone(), second.id.clone());
+        host.runtime.kill(&dead);
+        eventually("the guard saw it die", || first.kernel.is_dead()).await;
+        pool.adopt(vec![first, second], 0);
+        assert_eq!(pool.take().await.unwrap().id, alive);
+        assert_eq!(pool.metrics.kernel_failures.load(Ordering::SeqCst), 1);
+        eventually("its container is removed", || {
+            !host.runtime.containers().contains(&dead)
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn the_refill_keeps_min_idle_ready_and_replaces_the_dead() {
+        let host = FakeHost::new(Config::default());
+        let pool = fake_pool(&host, 2, 4);
+        let mut shutdown = Shutdown::new();
+        shutdown.spawn(|stop| Arc::clone(&pool).run_refill(stop));
+        eventually("two idle", || pool.snapshot().idle == 2).await;
+        assert!(!pool.snapshot().initializing);
+        let container = pool.idle.lock().unwrap()[0].container.clone();
+        host.runtime.kill(&container);
+        eventually("the guard saw it die", || {
+            pool.idle.lock().unwrap()[0].kernel.is_dead()
+        })
+        .await;
+        pool.remove_dead_idle();
+        eventually("replaced", || {
+            host.runtime.runs.load(Ordering::SeqCst) == 3 && pool.snapshot().idle == 2
+        })
+        .await;
+        // A taken worker is replaced too.
+        let _taken = pool.take().await.unwrap();
+        eventually("refilled", || pool.snapshot().idle == 2).await;
+        assert_eq!(pool.snapshot().alive, 3);
+        let started = std::time::Instant::now();
+        shutdown.complete(Duration::from_secs(1)).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "the refill follows the shutdown"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_broken_setup_backs_off_and_says_why() {
+        let host = FakeHost::new(Config::default());
+        host.runtime.fail_next(usize::MAX);
+        let pool = fake_pool(&host, 2, 4);
+        let mut shutdown = Shutdown::new();
+        shutdown.spawn(|stop| Arc::clone(&pool).run_refill(stop));
+        eventually("the first round failed", || {
+            !pool.snapshot().initializing && pool.snapshot().last_error.is_some()
+        })
+        .await;
+        // One round of min_idle attempts, then a 2 s pause: no storm.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(host.runtime.runs.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            pool.snapshot().alive,
+            0,
+            "failed creations give their slots back"
+        );
+        let why = pool.snapshot().last_error.unwrap();
+        assert!(why.contains("the fake runtime refuses"), "{why}");
+        // A request is told at once, not after waiting.
+        assert!(matches!(pool.take().await, Err(TakeError::Failed(_))));
+        // The refill leaves its backoff when the shutdown begins.
+        let started = std::time::Instant::now();
+        shutdown.complete(Duration::from_secs(1)).await;
+        assert!(started.elapsed() < Duration::from_millis(500));
+        assert!(host.runtime.containers().is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_half_a_minute() {
+        let secs: Vec<u64> = [1, 2, 3, 4, 5, 6, 40]
+            .map(|n| backoff(n).as_secs())
+            .to_vec();
+        assert_eq!(secs, [2, 4, 8, 16, 30, 30, 30]);
     }
 }

@@ -1,9 +1,11 @@
 //! Start-up, serving and shutdown of the gateway.
 //!
 //! Start-up checks Podman, removes workers an earlier run left behind, starts
-//! the warm pool and binds the API. On SIGTERM or SIGINT the server stops
-//! accepting, lets running requests finish, and leaves the workers running
-//! for the next start to re-adopt (`scripts/stop.sh` removes them).
+//! the warm pool and binds the API. On SIGTERM or SIGINT one [`Shutdown`]
+//! stops everything in order: the front stops accepting and lets running
+//! requests finish, the background loops return, and the worker table is
+//! saved last. The workers keep running for the next start to re-adopt
+//! (`scripts/stop.sh` removes them).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,12 +23,15 @@ use crate::kernel::OutputLimits;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
 use crate::sessions::{Expiry, Sessions};
+use crate::shutdown::Shutdown;
 use crate::state::{unix_now, Registry, WorkerRecord};
 use crate::worker::podman::PodmanRuntime;
 use crate::worker::{Worker, WorkerFactory};
 
 /// Time past the execution timeout that shutdown waits for running requests.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+/// How long the background loops may take to return once the shutdown began.
+const LOOPS_MARGIN: Duration = Duration::from_secs(5);
 /// How long start-up waits for the Podman socket to answer.
 const PODMAN_WAIT: Duration = Duration::from_secs(30);
 
@@ -44,7 +49,11 @@ pub async fn run(config: Config) -> Result<()> {
         configured => configured.min(host_capacity),
     }
     .min(config.worker.uid_count as usize);
-    let factory = Arc::new(WorkerFactory::new(podman, Arc::clone(&config), cgroups)?);
+    let factory = Arc::new(WorkerFactory::new(
+        Arc::new(podman),
+        Arc::clone(&config),
+        cgroups,
+    )?);
     let metrics = Arc::new(Metrics::default());
     let registry = Registry::new(prepare_state_dir(&config)?);
     let adopted = adopt_previous_workers(&factory, &registry, &metrics).await;
@@ -87,9 +96,10 @@ pub async fn run(config: Config) -> Result<()> {
         }
     }
     pool.adopt(idle, assigned);
-    tokio::spawn(Arc::clone(&registry).run_writer());
-    tokio::spawn(Arc::clone(&pool).run_refill());
-    tokio::spawn(Arc::clone(&sessions).run_reaper());
+    let mut shutdown = Shutdown::new();
+    shutdown.spawn(|stop| Arc::clone(&registry).run_writer(stop));
+    shutdown.spawn(|stop| Arc::clone(&pool).run_refill(stop));
+    shutdown.spawn(|stop| Arc::clone(&sessions).run_reaper(stop));
     log_limits(&config, &host, max_workers);
 
     let mut limits = config.front_limits();
@@ -112,29 +122,29 @@ pub async fn run(config: Config) -> Result<()> {
         config.server.listen,
         limits.max_connections
     );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let service = warp::service(api::routes(Arc::clone(&state)));
+    let mut stop = shutdown.listener();
     let server = front::serve(
         listener,
         service,
         limits,
         Arc::clone(&state.metrics),
-        async {
-            let _ = stopped.await;
-        },
+        async move { stop.recv().await },
     );
     tokio::pin!(server);
     tokio::select! {
         _ = &mut server => {}
         _ = shutdown_signal() => {
             // Stop accepting; let running executions finish, within bounds.
-            let _ = stop.send(());
+            shutdown.begin();
             let grace = config.max_timeout() + SHUTDOWN_MARGIN;
             if tokio::time::timeout(grace, &mut server).await.is_err() {
                 tracing::warn!("requests still running after {grace:?}; exiting anyway");
             }
         }
     }
+    // The loops return before the last save, so nothing writes the table after it.
+    shutdown.complete(LOOPS_MARGIN).await;
     // Workers keep running: the next start re-adopts them (scripts/stop.sh removes them).
     registry.save()?;
     tracing::info!("stopped; workers left running for the next start to re-adopt");

@@ -15,8 +15,12 @@ use crate::kernel::outputs::OutputSink;
 use crate::kernel::{ExecuteError, Execution, KernelClient, OutputLimits};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, TakeError};
+use crate::shutdown;
 use crate::state::{unix_now, Registry};
 use crate::worker::Worker;
+
+/// How often the reaper looks for expired sessions and dead idle kernels.
+const REAP_EVERY: Duration = Duration::from_secs(1);
 
 /// Why an execution produced no result.
 #[derive(Debug)]
@@ -274,33 +278,40 @@ impl Sessions {
         true
     }
 
-    /// Every second: destroys workers that died while their session was idle,
-    /// and releases sessions idle or old past their limits. Spawn once.
-    pub async fn run_reaper(self: Arc<Self>) {
+    /// Reaps every second, until the shutdown. Spawn once.
+    pub async fn run_reaper(self: Arc<Self>, mut shutdown: shutdown::Listener) {
         loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let sessions: Vec<(String, Arc<Session>)> = self
-                .table
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(user, session)| (user.clone(), Arc::clone(session)))
-                .collect();
-            for (user, session) in sessions {
-                let idle_for = session.last_used.lock().unwrap().elapsed();
-                let expired = idle_for >= self.expiry.idle_timeout
-                    && session.pending.load(Ordering::SeqCst) == 0
-                    || session.created.elapsed() >= self.expiry.max_age;
-                if expired {
-                    tracing::info!("session expired (idle {} s)", idle_for.as_secs());
-                    Metrics::bump(&self.metrics.sessions_expired);
-                    self.release(&user);
-                    continue;
-                }
-                // A locked slot has a request in flight, which notices a death itself.
-                if let Ok(mut slot) = session.worker.try_lock() {
-                    self.discard_if_dead(&mut slot);
-                }
+            tokio::select! {
+                _ = tokio::time::sleep(REAP_EVERY) => self.reap(),
+                _ = shutdown.recv() => return,
+            }
+        }
+    }
+
+    /// Destroys workers that died while their session was idle, and releases
+    /// sessions idle or old past their limits.
+    fn reap(&self) {
+        let sessions: Vec<(String, Arc<Session>)> = self
+            .table
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(user, session)| (user.clone(), Arc::clone(session)))
+            .collect();
+        for (user, session) in sessions {
+            let idle_for = session.last_used.lock().unwrap().elapsed();
+            let expired = idle_for >= self.expiry.idle_timeout
+                && session.pending.load(Ordering::SeqCst) == 0
+                || session.created.elapsed() >= self.expiry.max_age;
+            if expired {
+                tracing::info!("session expired (idle {} s)", idle_for.as_secs());
+                Metrics::bump(&self.metrics.sessions_expired);
+                self.release(&user);
+                continue;
+            }
+            // A locked slot has a request in flight, which notices a death itself.
+            if let Ok(mut slot) = session.worker.try_lock() {
+                self.discard_if_dead(&mut slot);
             }
         }
     }
@@ -381,5 +392,243 @@ struct Decrement<'a>(&'a AtomicUsize);
 impl Drop for Decrement<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::kernel::client::ExecuteError;
+    use crate::pool::tests::{eventually, fake_pool, shared};
+    use crate::shutdown::Shutdown;
+    use crate::worker::fake::FakeHost;
+
+    const LONG: Duration = Duration::from_secs(3600);
+    const SECOND: Duration = Duration::from_secs(1);
+
+    /// A session table over a pool of at most `max_workers` on `host`.
+    fn fake_sessions(
+        host: &FakeHost,
+        max_workers: usize,
+        max_queue: usize,
+        idle: Duration,
+    ) -> Arc<Sessions> {
+        let pool = fake_pool(host, 0, max_workers);
+        let (registry, metrics) = shared(&pool);
+        let limits = OutputLimits {
+            max_output_bytes: 1 << 20,
+            max_flood_bytes: 1 << 20,
+        };
+        let expiry = Expiry {
+            idle_timeout: idle,
+            max_age: LONG,
+        };
+        Arc::new(Sessions::new(
+            pool, metrics, max_queue, limits, expiry, registry,
+        ))
+    }
+
+    async fn run(sessions: &Sessions, user: &str, code: &str) -> Outcome {
+        sessions.execute(user, code, SECOND, None).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_users_requests_run_on_one_kernel_in_arrival_order() {
+        let host = FakeHost::new(Config::default());
+        let sessions = fake_sessions(&host, 2, 8, LONG);
+        assert!(run(&sessions, "ann", "a").await.session_created);
+        let mut requests = Vec::new();
+        for code in ["sleep 50", "b", "c"] {
+            let sessions = Arc::clone(&sessions);
+            requests.push(tokio::spawn(
+                async move { run(&sessions, "ann", code).await },
+            ));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut counts = Vec::new();
+        for request in requests {
+            let outcome = request.await.unwrap();
+            assert!(!outcome.session_created);
+            counts.push(outcome.execution.execution_count.unwrap());
+        }
+        assert_eq!(counts, [2, 3, 4]);
+        let containers = host.runtime.containers();
+        assert_eq!(containers.len(), 1, "one kernel for the user");
+        assert_eq!(
+            host.runtime.executed(&containers[0]),
+            ["a", "sleep 50", "b", "c"]
+        );
+        assert_eq!(
+            run(&sessions, "ann", "d").await.execution.result_text(),
+            "d"
+        );
+    }
+
+    #[tokio::test]
+    async fn users_share_the_capacity_and_a_release_frees_it() {
+        let host = FakeHost::new(Config::default());
+        let sessions = fake_sessions(&host, 1, 8, LONG);
+        run(&sessions, "ann", "a").await;
+        let refused = sessions.execute("bob", "b", SECOND, None).await;
+        assert!(matches!(refused, Err(SessionError::Full)));
+        assert_eq!(
+            sessions.counts().sessions,
+            1,
+            "a refused user leaves nothing behind"
+        );
+        assert!(sessions.release("ann"));
+        assert!(!sessions.release("ann"));
+        eventually("ann's worker is gone", || {
+            host.runtime.containers().is_empty()
+        })
+        .await;
+        eventually("the slot is free", || sessions.pool.snapshot().alive == 0).await;
+        assert!(run(&sessions, "bob", "b").await.session_created);
+    }
+
+    #[tokio::test]
+    async fn the_queue_of_one_user_is_bounded() {
+        let host = FakeHost::new(Config::default());
+        let sessions = fake_sessions(&host, 1, 1, LONG);
+        let mut requests = Vec::new();
+        for code in ["sleep 100", "b"] {
+            let sessions = Arc::clone(&sessions);
+            requests.push(tokio::spawn(
+                async move { run(&sessions, "ann", code).await },
+            ));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let third = sessions.execute("ann", "c", SECOND, None).await;
+        assert!(matches!(third, Err(SessionError::QueueFull(1))));
+        for request in requests {
+            request.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_timeout_destroys_the_worker_and_the_next_request_starts_afresh() {
+        let host = FakeHost::new(Config::default());
+        let sessions = fake_sessions(&host, 2, 8, LONG);
+        run(&sessions, "ann", "a = 1").await;
+        let timeout = Duration::from_millis(50);
+        let hung = sessions.execute("ann", "hang", timeout, None).await;
+        assert!(matches!(hung, Err(SessionError::Timeout(t)) if t == timeout));
+        assert!(run(&sessions, "ann", "a").await.session_created);
+        assert_eq!(host.runtime.removed.load(Ordering::SeqCst), 1);
+        assert_eq!(sessions.metrics.timeouts.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_lease_needs_a_session_unless_it_may_create_one() {
+        let host = FakeHost::new(Config::default());
+        let sessions = fake_sessions(&host, 1, 8, LONG);
+        let evaluate = async |kernel: &mut KernelClient| {
+            let deadline = tokio::time::Instant::now() + SECOND;
+            kernel.evaluate("42", deadline).await
+        };
+        let none = sessions.with_kernel("ann", false, SECOND, evaluate).await;
+        assert!(matches!(none, Err(SessionError::NoSession)));
+        assert_eq!(sessions.counts().sessions, 0);
+        assert!(
+            host.runtime.containers().is_empty(),
+            "no worker for a lookup"
+        );
+        let value = sessions
+            .with_kernel("ann", true, SECOND, evaluate)
+            .await
+            .unwrap();
+        assert_eq!(value, "42");
+        // A failed operation ends the worker like a failed execution.
+        let broken = sessions
+            .with_kernel(
+                "ann",
+                false,
+                SECOND,
+                async |_: &mut KernelClient| -> Result<(), _> {
+                    Err(ExecuteError::Protocol("test".into()))
+                },
+            )
+            .await;
+        assert!(matches!(broken, Err(SessionError::Misbehaved(_))));
+        let again = sessions.with_kernel("ann", false, SECOND, evaluate).await;
+        assert!(matches!(again, Err(SessionError::NoSession)));
+    }
+
+    #[tokio::test]
+    async fn the_reaper_ends_idle_sessions_and_dead_kernels() {
+        let host = FakeHost::new(Config::default());
+        let sessions = fake_sessions(&host, 2, 8, Duration::from_millis(80));
+        run(&sessions, "ann", "a").await;
+        run(&sessions, "bob", "b").await;
+        let bob = {
+            let table = sessions.table.lock().unwrap();
+            let slot = table["bob"].worker.try_lock().unwrap();
+            slot.as_ref().unwrap().container.clone()
+        };
+        host.runtime.kill(&bob);
+        eventually("the guard saw bob's kernel die", || {
+            let table = sessions.table.lock().unwrap();
+            let slot = table["bob"].worker.try_lock().unwrap();
+            slot.as_ref().unwrap().kernel.is_dead()
+        })
+        .await;
+        sessions.reap();
+        assert_eq!(
+            sessions.counts().sessions,
+            2,
+            "bob keeps his (empty) session"
+        );
+        assert_eq!(sessions.metrics.kernel_failures.load(Ordering::SeqCst), 1);
+        eventually("bob's container is removed", || {
+            host.runtime.containers().len() == 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        run(&sessions, "bob", "b").await; // bob is busy again, ann is not
+        sessions.reap();
+        assert_eq!(sessions.counts().sessions, 1);
+        assert_eq!(sessions.metrics.sessions_expired.load(Ordering::SeqCst), 1);
+        eventually("ann's worker is gone", || {
+            host.runtime.containers().len() == 1
+        })
+        .await;
+        // The reaper loop follows the shutdown.
+        let mut shutdown = Shutdown::new();
+        shutdown.spawn(|stop| Arc::clone(&sessions).run_reaper(stop));
+        let started = std::time::Instant::now();
+        shutdown.complete(SECOND).await;
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    #[tokio::test]
+    async fn a_readopted_session_keeps_its_kernel() {
+        let host = FakeHost::new(Config::default());
+        // The previous gateway made a worker and ran code in it.
+        let record = {
+            let factory = host.factory();
+            let mut worker = factory.create().await.unwrap();
+            let limits = OutputLimits {
+                max_output_bytes: 1 << 20,
+                max_flood_bytes: 1 << 20,
+            };
+            let deadline = tokio::time::Instant::now() + SECOND;
+            worker
+                .kernel
+                .execute("x = 1", deadline, &limits, None)
+                .await
+                .unwrap();
+            worker.record()
+        };
+        // This one re-connects and restores the session.
+        let sessions = fake_sessions(&host, 2, 8, LONG);
+        let worker = host.factory().adopt(&record).await.unwrap();
+        sessions.adopt("ann", worker, unix_now());
+        sessions.pool.adopt(Vec::new(), 1);
+        let outcome = run(&sessions, "ann", "x").await;
+        assert!(!outcome.session_created);
+        assert_eq!(outcome.execution.execution_count, Some(2));
+        assert_eq!(host.runtime.executed(&record.container), ["x = 1", "x"]);
+        assert_eq!(sessions.pool.snapshot().alive, 1);
     }
 }

@@ -18,6 +18,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::shutdown;
+
 /// File name of the worker table inside the state directory.
 const FILE: &str = "workers.json";
 
@@ -86,17 +88,27 @@ impl Registry {
         self.dirty.notify_one();
     }
 
-    /// Writes the table after every change, forever. Spawn once.
-    pub async fn run_writer(self: Arc<Self>) {
+    /// The records as they stand (tests).
+    #[cfg(test)]
+    pub fn records(&self) -> Vec<WorkerRecord> {
+        self.records.lock().unwrap().values().cloned().collect()
+    }
+
+    /// Writes the table after every change, until the shutdown. Spawn once;
+    /// the final save is the server's, once this has returned.
+    pub async fn run_writer(self: Arc<Self>, mut shutdown: shutdown::Listener) {
         loop {
-            self.dirty.notified().await;
+            tokio::select! {
+                _ = self.dirty.notified() => {}
+                _ = shutdown.recv() => return,
+            }
             if let Err(e) = self.save() {
                 tracing::error!("could not save the worker table: {e:#}");
             }
         }
     }
 
-    /// Writes the table now (also at shutdown).
+    /// Writes the table now (the writer, and the server after the writer stopped).
     pub fn save(&self) -> Result<()> {
         let records: Vec<WorkerRecord> = self.records.lock().unwrap().values().cloned().collect();
         let json = serde_json::to_vec_pretty(&records).expect("records serialise");

@@ -320,7 +320,9 @@ threading.Thread(target=sabotage, daemon=True).start()
 secret = 1
 "#;
     gw.run("saboteur", &format!("{PRELUDE}\n{sabotage}")).await;
-    gw.kill();
+    // A clean stop saves the worker table (a SIGKILL right after the session
+    // started could beat the writer, and the worker would simply be unknown).
+    gw.stop();
     gw.spawn().await;
     let pid = gw.pid();
     let canary = gw.run("bystander", "print(canary)").await;

@@ -247,7 +247,7 @@ fn authenticated(token: Token) -> impl Filter<Extract = (), Error = Rejection> +
         .untuple_one()
 }
 
-/// A state for in-process route tests: no Podman is contacted, no worker started.
+/// A state for in-process route tests: no worker can start (a fake runtime refuses).
 /// The returned directory holds the runtime dir; it is removed when dropped.
 #[cfg(test)]
 pub(crate) fn test_state() -> (Arc<AppState>, TestDir) {
@@ -257,7 +257,7 @@ pub(crate) fn test_state() -> (Arc<AppState>, TestDir) {
 /// [`test_state`] with the default configuration changed by `edit`.
 #[cfg(test)]
 pub(crate) fn test_state_with(edit: impl FnOnce(&mut Config)) -> (Arc<AppState>, TestDir) {
-    use crate::worker::{podman::PodmanRuntime, WorkerFactory};
+    use crate::worker::{fake::FakeRuntime, WorkerFactory};
 
     let dir = TestDir(std::env::temp_dir().join(format!("ci-api-test-{}", crate::random::hex(6))));
     let mut config = Config::default();
@@ -265,10 +265,13 @@ pub(crate) fn test_state_with(edit: impl FnOnce(&mut Config)) -> (Arc<AppState>,
     config.paths.state_dir = Some(dir.0.join("state"));
     edit(&mut config);
     let config = Arc::new(config);
-    let podman = PodmanRuntime::new(&dir.0.join("no-podman.sock"));
+    // Every creation fails, as with no Podman.
+    let runtime = FakeRuntime::default();
+    runtime.fail_next(usize::MAX);
     let cgroups = crate::host::CgroupSupport::new("unknown", true, Vec::new());
-    let factory =
-        Arc::new(WorkerFactory::new(podman, Arc::clone(&config), cgroups.clone()).unwrap());
+    let factory = Arc::new(
+        WorkerFactory::new(Arc::new(runtime), Arc::clone(&config), cgroups.clone()).unwrap(),
+    );
     let metrics = Arc::new(Metrics::default());
     let registry = crate::state::Registry::new(dir.0.join("state"));
     let pool = Pool::new(

@@ -7,6 +7,8 @@
 
 pub mod client;
 pub mod connection;
+#[cfg(test)]
+pub mod fake;
 pub mod heartbeat;
 pub mod outputs;
 pub mod wire;

@@ -1,12 +1,16 @@
 //! Workers: one container running one kernel, created ready and destroyed whole.
 //!
 //! The factory is the only code that creates or removes worker containers and
-//! their directories. A worker is cattle: any failure while it is being made
-//! or used ends in `destroy`, never in a repair.
+//! their directories, through a [`Runtime`] (Podman, or a fake in unit
+//! tests). A worker is cattle: any failure while it is being made or used
+//! ends in `destroy`, never in a repair.
 
+#[cfg(test)]
+pub mod fake;
 pub mod firewall;
 pub mod network;
 pub mod podman;
+pub mod runtime;
 pub mod spec;
 pub mod uids;
 
@@ -25,7 +29,7 @@ use crate::host::CgroupSupport;
 use crate::kernel::{ConnectionInfo, KernelClient};
 use crate::random;
 use crate::state::WorkerRecord;
-use podman::PodmanRuntime;
+use runtime::Runtime;
 use uids::SandboxUids;
 
 /// A live worker with a connected kernel.
@@ -54,7 +58,7 @@ pub struct Remains {
 
 /// Makes and destroys workers.
 pub struct WorkerFactory {
-    podman: PodmanRuntime,
+    runtime: Arc<dyn Runtime>,
     config: Arc<Config>,
     /// What cgroup limits Podman can apply here.
     cgroups: CgroupSupport,
@@ -76,7 +80,11 @@ const SECCOMP_FILE: &str = "seccomp-worker.json";
 
 impl WorkerFactory {
     /// Prepares the runtime directory (0700) that holds every worker directory.
-    pub fn new(podman: PodmanRuntime, config: Arc<Config>, cgroups: CgroupSupport) -> Result<Self> {
+    pub fn new(
+        runtime: Arc<dyn Runtime>,
+        config: Arc<Config>,
+        cgroups: CgroupSupport,
+    ) -> Result<Self> {
         let runtime_dir = config.runtime_dir();
         let workers_dir = runtime_dir.join("workers");
         for dir in [&runtime_dir, &workers_dir] {
@@ -102,7 +110,7 @@ impl WorkerFactory {
             NetworkMode::Allowlist => config.network.allow.clone(),
         };
         Ok(Self {
-            podman,
+            runtime,
             config,
             cgroups,
             allow,
@@ -163,11 +171,12 @@ impl WorkerFactory {
             uid,
             seccomp_profile: &self.seccomp_profile,
         };
-        let opts = spec::container_opts(&self.config, &self.cgroups, &site);
-        let (container, warnings) = self.podman.run(&opts).await?;
+        let spec = spec::container_spec(&self.config, &self.cgroups, &site);
+        let started = self.runtime.run(&spec).await?;
+        let container = started.id;
         remains.container = Some(container.clone());
-        for warning in warnings {
-            tracing::debug!(worker = id, "podman: {warning}");
+        for warning in started.warnings {
+            tracing::debug!(worker = id, "runtime: {warning}");
         }
         let within = Duration::from_secs(self.config.worker.start_timeout_secs);
         let started = tokio::time::Instant::now();
@@ -180,7 +189,7 @@ impl WorkerFactory {
             code = self.watch_exit(&container) => {
                 let mut reason = fs::read_to_string(dir.join(STARTUP_ERROR_FILE)).unwrap_or_default();
                 if reason.trim().is_empty() {
-                    reason = self.podman.log_tail(&container, 3).await;
+                    reason = self.runtime.log_tail(&container, 3).await;
                 }
                 anyhow::bail!(
                     "the container of worker {id} exited (code {code}) before its kernel listened{}",
@@ -207,7 +216,7 @@ impl WorkerFactory {
     async fn watch_exit(&self, container: &str) -> i32 {
         loop {
             tokio::time::sleep(EXIT_POLL).await;
-            if let Ok(Some(code)) = self.podman.exit_code(container).await {
+            if let Ok(Some(code)) = self.runtime.exit_code(container).await {
                 return code;
             }
         }
@@ -258,19 +267,19 @@ impl WorkerFactory {
         let dirs: HashSet<&str> = keep.iter().map(|w| w.id.as_str()).collect();
         let mut removed = 0;
         for container in self
-            .podman
+            .runtime
             .list_workers(&self.config.worker.instance)
             .await?
         {
             if !containers.contains(container.as_str()) {
-                self.podman.remove(&container).await?;
+                self.runtime.remove(&container).await?;
                 removed += 1;
             }
         }
         if let Ok(entries) = fs::read_dir(&self.workers_dir) {
             for entry in entries.flatten() {
                 if !dirs.contains(entry.file_name().to_string_lossy().as_ref()) {
-                    remove_worker_dir(&entry.path()).await;
+                    self.remove_worker_dir(&entry.path()).await;
                 }
             }
         }
@@ -283,7 +292,7 @@ impl WorkerFactory {
         if let Some(container) = &remains.container {
             // Podman may be restarting: retry for about half a minute before giving up.
             for attempt in 0..REMOVE_ATTEMPTS {
-                match self.podman.remove(container).await {
+                match self.runtime.remove(container).await {
                     Ok(()) => break,
                     Err(e) if attempt + 1 == REMOVE_ATTEMPTS => {
                         tracing::error!(worker = remains.id, "could not remove container: {e:#}");
@@ -293,7 +302,7 @@ impl WorkerFactory {
                 }
             }
         }
-        remove_worker_dir(&remains.dir).await;
+        self.remove_worker_dir(&remains.dir).await;
         match remains.uid {
             // Removal killed every process of the container: the uid is clean.
             Some(uid) if removed => self.uids.give_back(uid),
@@ -302,6 +311,29 @@ impl WorkerFactory {
                 "sandbox uid {uid} stays out of use: its container may still run"
             ),
             None => {}
+        }
+    }
+
+    /// Removes a worker directory. Sandboxed code may have left subdirectories
+    /// owned by its (subordinate) uid that we cannot empty; those are removed
+    /// with the runtime's privileges (control path only).
+    async fn remove_worker_dir(&self, dir: &Path) {
+        match fs::remove_dir_all(dir) {
+            Ok(()) => return,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => {
+                tracing::warn!("could not remove {}: {e}", dir.display());
+                return;
+            }
+            Err(_) => {}
+        }
+        match self.runtime.remove_as_root(dir).await {
+            Ok(()) if !dir.exists() => {}
+            Ok(()) => tracing::warn!(
+                "could not remove {} (also not with the runtime's privileges)",
+                dir.display()
+            ),
+            Err(e) => tracing::warn!("could not remove {}: {e:#}", dir.display()),
         }
     }
 }
@@ -328,33 +360,6 @@ impl Worker {
             dir: self.dir,
             uid: self.uid,
         }
-    }
-}
-
-/// Removes a worker directory. Sandboxed code may have left subdirectories
-/// owned by its (subordinate) uid that we cannot empty; those are removed from
-/// inside our user namespace with `podman unshare` (control path only).
-async fn remove_worker_dir(dir: &Path) {
-    match fs::remove_dir_all(dir) {
-        Ok(()) => return,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
-        Err(e) if e.kind() != std::io::ErrorKind::PermissionDenied => {
-            tracing::warn!("could not remove {}: {e}", dir.display());
-            return;
-        }
-        Err(_) => {}
-    }
-    let status = tokio::process::Command::new("podman")
-        .args(["unshare", "rm", "-rf", "--"])
-        .arg(dir)
-        .stdin(std::process::Stdio::null())
-        .status()
-        .await;
-    if !matches!(status, Ok(s) if s.success()) || dir.exists() {
-        tracing::warn!(
-            "could not remove {} (also not with podman unshare)",
-            dir.display()
-        );
     }
 }
 

@@ -1,4 +1,6 @@
-//! The container spec of a worker, built from config alone (pure, unit-tested).
+//! The container spec of a worker, built from config alone, in our own types
+//! (pure; `podman.rs` turns it into Podman's create options, and its tests
+//! check what reaches Podman).
 //!
 //! The container starts as root with only the capabilities its entrypoint
 //! needs to load the firewall and drop privileges (NET_ADMIN, SETUID, SETGID,
@@ -11,11 +13,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::Path;
-
-use podman_api::models::{ContainerMount, LinuxResources, Namespace, PosixRlimit};
-use podman_api::opts::ContainerCreateOpts;
-use serde_json::json;
+use std::path::{Path, PathBuf};
 
 use crate::config::{Config, LimitsConfig, NetworkMode};
 use crate::host::CgroupSupport;
@@ -43,6 +41,8 @@ const SOCKET_BUFFER_MAX: u64 = 212_992;
 /// directory and mounted read-only over the image's: the worker's uid is `sandbox`.
 pub const PASSWD_FILE: &str = "passwd";
 pub const GROUP_FILE: &str = "group";
+/// The variable that tells the entrypoint which uid to drop to.
+pub const SANDBOX_UID_ENV: &str = "CI_SANDBOX_UID";
 /// slirp4netns's address for the host's loopback (only with allow_host_loopback).
 const SLIRP_HOST_LOOPBACK: &str = "10.0.2.2";
 
@@ -60,12 +60,89 @@ pub struct WorkerSite<'a> {
     pub seccomp_profile: &'a Path,
 }
 
-/// Create options for one worker container.
-pub fn container_opts(
+/// A worker container, described without naming any runtime's types:
+/// `podman.rs` turns it into Podman's create options field by field.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerSpec {
+    pub name: String,
+    pub image: String,
+    pub labels: HashMap<String, String>,
+    pub env: HashMap<String, String>,
+    /// `uid:gid` the container's first process starts as.
+    pub user: String,
+    pub work_dir: String,
+    pub drop_capabilities: Vec<String>,
+    pub add_capabilities: Vec<String>,
+    pub read_only_root: bool,
+    /// In this order.
+    pub mounts: Vec<Mount>,
+    pub shm_size_bytes: u64,
+    pub sysctls: HashMap<String, String>,
+    /// A path the runtime reads on its host.
+    pub seccomp_profile: PathBuf,
+    pub rlimits: Vec<Rlimit>,
+    /// An init process as PID 1 (reaps orphans).
+    pub init: bool,
+    pub stop_timeout_secs: u64,
+    pub network: Network,
+    /// Only for the controllers the runtime can enforce; None when it can enforce none.
+    pub cgroup_limits: Option<CgroupLimits>,
+}
+
+/// One mount of a worker container.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mount {
+    /// A tmpfs of `size_mb` MiB, mode 1777, nosuid and nodev.
+    Tmpfs { destination: String, size_mb: u64 },
+    /// A host path, nosuid, nodev and noexec.
+    Bind {
+        source: PathBuf,
+        destination: String,
+        read_only: bool,
+    },
+}
+
+/// A resource limit, soft and hard alike; `kind` as Podman names it ("nofile").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rlimit {
+    pub kind: String,
+    pub value: u64,
+}
+
+/// The worker's network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Network {
+    /// A network namespace with no interface but loopback.
+    None,
+    /// slirp4netns without IPv6, and `/etc/hosts` entries for allowlisted names.
+    Slirp {
+        allow_host_loopback: bool,
+        hosts: Vec<(String, IpAddr)>,
+    },
+}
+
+/// cgroup limits of one worker (None: not enforced here, not asked for).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CgroupLimits {
+    /// Memory and memory + swap, bytes.
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    /// CPU bandwidth: quota per period, microseconds.
+    pub cpu: Option<CpuQuota>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CpuQuota {
+    pub period: u64,
+    pub quota: i64,
+}
+
+/// The spec of one worker container.
+pub fn container_spec(
     config: &Config,
     cgroups: &CgroupSupport,
     site: &WorkerSite,
-) -> ContainerCreateOpts {
+) -> ContainerSpec {
     let limits = &config.limits;
     let labels = HashMap::from([
         (WORKER_LABEL.to_string(), "1".to_string()),
@@ -77,9 +154,9 @@ pub fn container_opts(
     // RLIMIT_MSGQUEUE.)
     let mounts = vec![
         tmpfs("/run", SMALL_TMPFS_MB),
-        bind(site.host_dir, KERNEL_DIR),
-        read_only_file(&site.host_dir.join(PASSWD_FILE), "/etc/passwd"),
-        read_only_file(&site.host_dir.join(GROUP_FILE), "/etc/group"),
+        bind(site.host_dir, KERNEL_DIR, false),
+        bind(&site.host_dir.join(PASSWD_FILE), "/etc/passwd", true),
+        bind(&site.host_dir.join(GROUP_FILE), "/etc/group", true),
         tmpfs("/tmp", limits.tmp_mb),
         tmpfs("/var/tmp", SMALL_TMPFS_MB),
         tmpfs(HOME_DIR, limits.disk_mb),
@@ -101,44 +178,52 @@ pub fn container_opts(
             (limits.disk_mb * 1024 * 1024).to_string(),
         ),
         // The entrypoint drops to this uid (1000 when unset: older gateways).
-        ("CI_SANDBOX_UID".to_string(), site.uid.to_string()),
+        (SANDBOX_UID_ENV.to_string(), site.uid.to_string()),
     ]);
-    let mut builder = ContainerCreateOpts::builder()
-        .name(site.name)
-        .image(&config.worker.image)
-        .labels(labels)
-        .env(env)
-        .user("0:0")
-        .work_dir(HOME_DIR)
-        .drop_capabilities(["ALL"])
-        .add_capabilities(ENTRYPOINT_CAPS)
-        .read_only_fs(true)
-        .mounts(mounts)
-        .shm_size((limits.shm_mb * 1024 * 1024) as i64)
-        .sysctl(socket_buffer_sysctls())
-        .seccomp_profile_path(site.seccomp_profile.display().to_string())
-        .r_limits(rlimits)
-        .init(true)
+    let network = match config.network.mode {
+        NetworkMode::None => Network::None,
+        NetworkMode::Allowlist => Network::Slirp {
+            allow_host_loopback: site.needs_host_loopback,
+            hosts: site.hosts.to_vec(),
+        },
+    };
+    ContainerSpec {
+        name: site.name.to_string(),
+        image: config.worker.image.clone(),
+        labels,
+        env,
+        user: "0:0".into(),
+        work_dir: HOME_DIR.into(),
+        drop_capabilities: vec!["ALL".into()],
+        add_capabilities: ENTRYPOINT_CAPS.map(String::from).to_vec(),
+        read_only_root: true,
+        mounts,
+        shm_size_bytes: limits.shm_mb * 1024 * 1024,
+        sysctls: socket_buffer_sysctls(),
+        seccomp_profile: site.seccomp_profile.to_path_buf(),
+        rlimits,
+        init: true,
         // podman-api sends stop's timeout under a name Podman ignores; a short
         // stop_timeout at create keeps any stop from taking 10 s.
-        .stop_timeout(1);
-    builder = match config.network.mode {
-        NetworkMode::None => builder.net_namespace(namespace("none")),
-        NetworkMode::Allowlist => {
-            let mut options = vec!["enable_ipv6=false".to_string()];
-            if site.needs_host_loopback {
-                options.push("allow_host_loopback=true".into());
-            }
-            builder
-                .net_namespace(namespace("slirp4netns"))
-                .network_options(HashMap::from([("slirp4netns".to_string(), options)]))
-                .hosts_add(site.hosts.iter().map(|(name, ip)| format!("{name}:{ip}")))
-        }
-    };
-    if let Some(resources) = cgroup_limits(limits, cgroups) {
-        builder = builder.resource_limits(resources);
+        stop_timeout_secs: 1,
+        network,
+        cgroup_limits: cgroup_limits(limits, cgroups),
     }
-    builder.build()
+}
+
+#[cfg(test)]
+impl ContainerSpec {
+    /// The worker directory: the host side of the bind mount on `KERNEL_DIR`.
+    pub fn worker_dir(&self) -> Option<&Path> {
+        self.mounts.iter().find_map(|m| match m {
+            Mount::Bind {
+                source,
+                destination,
+                ..
+            } if destination == KERNEL_DIR => Some(source.as_path()),
+            _ => None,
+        })
+    }
 }
 
 /// Caps on TCP's socket buffers in the worker's network namespace.
@@ -165,62 +250,28 @@ pub fn is_host_loopback(addr: IpAddr, prefix: u8) -> bool {
 /// cgroup limits for the controllers Podman can enforce; None when it can enforce none.
 /// (Podman 5 on cgroup v2 without a controller accepts the limit at create and
 /// then fails to start the container, so never ask for an unavailable one.)
-fn cgroup_limits(limits: &LimitsConfig, cgroups: &CgroupSupport) -> Option<LinuxResources> {
-    let mut resources = serde_json::Map::new();
-    if cgroups.memory {
-        let bytes = limits.memory_mb * 1024 * 1024;
-        resources.insert("memory".into(), json!({"limit": bytes, "swap": bytes}));
-    }
-    if cgroups.pids {
-        resources.insert("pids".into(), json!({"limit": limits.pids}));
-    }
-    if cgroups.cpu {
-        let period: u64 = 100_000;
-        let quota = (limits.cpus * period as f64) as i64;
-        resources.insert("cpu".into(), json!({"period": period, "quota": quota}));
-    }
-    if resources.is_empty() {
-        return None;
-    }
-    Some(serde_json::from_value(resources.into()).expect("LinuxResources from its own fields"))
+fn cgroup_limits(limits: &LimitsConfig, cgroups: &CgroupSupport) -> Option<CgroupLimits> {
+    let resources = CgroupLimits {
+        memory_bytes: cgroups.memory.then_some(limits.memory_mb * 1024 * 1024),
+        pids: cgroups.pids.then_some(limits.pids),
+        cpu: cgroups.cpu.then(|| {
+            let period: u64 = 100_000;
+            CpuQuota {
+                period,
+                quota: (limits.cpus * period as f64) as i64,
+            }
+        }),
+    };
+    let any =
+        resources.memory_bytes.is_some() || resources.pids.is_some() || resources.cpu.is_some();
+    any.then_some(resources)
 }
 
-fn namespace(mode: &str) -> Namespace {
-    Namespace {
-        nsmode: Some(mode.into()),
-        value: None,
-    }
-}
-
-fn bind(source: &Path, destination: &str) -> ContainerMount {
-    ContainerMount {
-        destination: Some(destination.into()),
-        source: Some(source.display().to_string()),
-        _type: Some("bind".into()),
-        options: Some(vec![
-            "rw".into(),
-            "nosuid".into(),
-            "nodev".into(),
-            "noexec".into(),
-        ]),
-        uid_mappings: None,
-        gid_mappings: None,
-    }
-}
-
-fn read_only_file(source: &Path, destination: &str) -> ContainerMount {
-    ContainerMount {
-        destination: Some(destination.into()),
-        source: Some(source.display().to_string()),
-        _type: Some("bind".into()),
-        options: Some(vec![
-            "ro".into(),
-            "nosuid".into(),
-            "nodev".into(),
-            "noexec".into(),
-        ]),
-        uid_mappings: None,
-        gid_mappings: None,
+fn bind(source: &Path, destination: &str, read_only: bool) -> Mount {
+    Mount::Bind {
+        source: source.to_path_buf(),
+        destination: destination.into(),
+        read_only,
     }
 }
 
@@ -235,132 +286,23 @@ pub fn account_files(uid: u32) -> (String, String) {
     (passwd, group)
 }
 
-fn tmpfs(destination: &str, size_mb: u64) -> ContainerMount {
-    ContainerMount {
-        destination: Some(destination.into()),
-        source: Some("tmpfs".into()),
-        _type: Some("tmpfs".into()),
-        options: Some(vec![
-            "rw".into(),
-            "nosuid".into(),
-            "nodev".into(),
-            format!("size={size_mb}m"),
-            "mode=1777".into(),
-        ]),
-        uid_mappings: None,
-        gid_mappings: None,
+fn tmpfs(destination: &str, size_mb: u64) -> Mount {
+    Mount::Tmpfs {
+        destination: destination.into(),
+        size_mb,
     }
 }
 
-fn rlimit(kind: &str, value: u64) -> PosixRlimit {
-    // The type is "nofile", not "RLIMIT_NOFILE": Podman rejects the latter.
-    PosixRlimit {
-        type_: Some(kind.into()),
-        soft: Some(value),
-        hard: Some(value),
+fn rlimit(kind: &str, value: u64) -> Rlimit {
+    Rlimit {
+        kind: kind.into(),
+        value,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::Value;
-
-    fn spec(config: &Config, cgroups: &CgroupSupport) -> Value {
-        let site = WorkerSite {
-            name: "w1",
-            host_dir: Path::new("/run/user/1/ci/workers/w1"),
-            hosts: &[("mirror.test".into(), "192.0.2.7".parse().unwrap())],
-            needs_host_loopback: true,
-            uid: 10_007,
-            seccomp_profile: Path::new("/run/user/1/ci/seccomp-worker.json"),
-        };
-        let opts = container_opts(config, cgroups, &site);
-        serde_json::from_str(&opts.serialize().unwrap()).unwrap()
-    }
-
-    #[test]
-    fn the_spec_is_locked_down() {
-        let spec = spec(&Config::default(), &CgroupSupport::default());
-        assert_eq!(spec["netns"]["nsmode"], "none");
-        assert!(spec.get("hostadd").is_none());
-        assert_eq!(spec["cap_drop"], json!(["ALL"]));
-        assert_eq!(spec["cap_add"], json!(ENTRYPOINT_CAPS));
-        assert_eq!(spec["read_only_filesystem"], true);
-        assert_eq!(spec["init"], true);
-        assert_eq!(spec["labels"][WORKER_LABEL], "1");
-        assert_eq!(spec["labels"][INSTANCE_LABEL], "default");
-        assert_eq!(spec["r_limits"][0]["type"], "nofile");
-        assert_eq!(spec["env"]["CI_LIMIT_AS"], (2048u64 << 20).to_string());
-        assert_eq!(spec["env"]["CI_SANDBOX_UID"], "10007");
-        assert_eq!(
-            spec["seccomp_profile_path"],
-            "/run/user/1/ci/seccomp-worker.json"
-        );
-        assert_eq!(spec["shm_size"], 64u64 << 20);
-        assert_eq!(spec["sysctl"]["net.ipv4.tcp_rmem"], "4096 131072 212992");
-        let mounts = spec["mounts"].as_array().unwrap();
-        let mount = |dest: &str| {
-            mounts
-                .iter()
-                .find(|m| m["destination"] == dest)
-                .unwrap_or_else(|| panic!("no mount on {dest}"))
-        };
-        assert_eq!(mount(KERNEL_DIR)["source"], "/run/user/1/ci/workers/w1");
-        assert_eq!(
-            mount("/etc/passwd")["source"],
-            "/run/user/1/ci/workers/w1/passwd"
-        );
-        assert!(mount("/etc/passwd")["options"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("ro")));
-        assert!(mount(HOME_DIR)["options"]
-            .as_array()
-            .unwrap()
-            .contains(&json!("size=500m")));
-        // Every writable mount has a size.
-        for m in mounts.iter().filter(|m| m["type"] == "tmpfs") {
-            let options = m["options"].as_array().unwrap();
-            assert!(
-                options
-                    .iter()
-                    .any(|o| o.as_str().unwrap().starts_with("size=")),
-                "{m}"
-            );
-        }
-        for dest in ["/run", "/var/tmp", "/tmp"] {
-            mount(dest);
-        }
-        assert!(
-            spec.get("resource_limits").is_none(),
-            "no cgroup limits Podman cannot enforce"
-        );
-    }
-
-    #[test]
-    fn cgroup_limits_only_for_enforced_controllers() {
-        let cgroups = CgroupSupport::new("v2", true, vec!["memory".into(), "cpu".into()]);
-        let spec = spec(&Config::default(), &cgroups);
-        let resources = &spec["resource_limits"];
-        assert_eq!(resources["memory"]["limit"], 1024u64 << 20);
-        assert_eq!(resources["cpu"]["quota"], 100_000);
-        assert!(resources["pids"].is_null());
-    }
-
-    #[test]
-    fn allowlist_mode_gets_slirp_and_host_entries() {
-        let mut config = Config::default();
-        config.network.mode = NetworkMode::Allowlist;
-        let spec = spec(&config, &CgroupSupport::default());
-        assert_eq!(spec["netns"]["nsmode"], "slirp4netns");
-        let options = &spec["network_options"]["slirp4netns"];
-        assert!(options
-            .as_array()
-            .unwrap()
-            .contains(&json!("allow_host_loopback=true")));
-        assert_eq!(spec["hostadd"], json!(["mirror.test:192.0.2.7"]));
-    }
 
     #[test]
     fn the_sandbox_uid_is_named_sandbox() {
