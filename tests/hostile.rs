@@ -209,6 +209,9 @@ async fn floods_are_cut_at_the_cap_or_end_the_worker() {
     assert_eq!(body["output_truncated"], true);
     assert!(raw.len() <= OUTPUT_CAP, "body of {} bytes", raw.len());
     assert!(gw.peak_rss_kib() <= MAX_PEAK_RSS_KIB);
+    let canary = gw.run("bystander", "print(canary)").await;
+    assert_eq!(canary["result_text"], "still here\n", "{canary}");
+    let pid = gw.pid();
 
     // The same through /execute/stream: events and the final body, all within the cap.
     let response = gw
@@ -227,6 +230,7 @@ async fn floods_are_cut_at_the_cap_or_end_the_worker() {
         streamed.len()
     );
     assert!(String::from_utf8_lossy(&streamed).contains("\"output_truncated\":true"));
+    assert_eq!(gw.pid(), pid, "the gateway was replaced");
 
     // A 1 GiB buffer frame on iopub: refused when announced, never read.
     let gib = r#"
