@@ -3,7 +3,8 @@
 //! A background task keeps `min_idle` workers ready, creating at most
 //! `create_parallelism` at once and backing off after failures, so a broken
 //! setup shows up as a reason in `/status` instead of a storm of containers.
-//! Every live or starting worker holds one capacity slot until it is destroyed.
+//! Every live or starting worker holds one capacity slot until it is destroyed;
+//! a new slot is given while `capacity::admit` says the host can hold one more.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,6 +15,7 @@ use anyhow::{anyhow, Result};
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::capacity::{self, Decision, MemorySource, Policy};
 use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::state::Registry;
@@ -52,7 +54,11 @@ pub struct Pool {
     creating: AtomicUsize,
     /// Workers created since start (progress, for waiting requests).
     completed: AtomicUsize,
-    max_workers: usize,
+    /// The admission policy and where its memory figures come from.
+    policy: Policy,
+    memory: Arc<dyn MemorySource>,
+    /// The last refused admission, for `/status` (serialises admissions too).
+    last_refusal: Mutex<Option<Decision>>,
     min_idle: usize,
     parallelism: Arc<Semaphore>,
     /// Wakes the refill task (a worker was taken or destroyed).
@@ -73,6 +79,10 @@ pub struct PoolSnapshot {
     pub alive: usize,
     pub max_workers: usize,
     pub min_idle: usize,
+    /// The admission policy, what it would decide now, and its last refusal.
+    pub policy: Policy,
+    pub admission_now: Decision,
+    pub last_refusal: Option<Decision>,
     pub initializing: bool,
     pub last_error: Option<String>,
     /// Sandbox uids serving workers, and how many there are.
@@ -86,7 +96,8 @@ impl Pool {
         metrics: Arc<Metrics>,
         registry: Arc<Registry>,
         min_idle: usize,
-        max_workers: usize,
+        policy: Policy,
+        memory: Arc<dyn MemorySource>,
         parallelism: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -97,8 +108,10 @@ impl Pool {
             slots_used: AtomicUsize::new(0),
             creating: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
-            max_workers,
-            min_idle: min_idle.min(max_workers),
+            policy,
+            memory,
+            last_refusal: Mutex::new(None),
+            min_idle: min_idle.min(policy.max_workers),
             parallelism: Arc::new(Semaphore::new(parallelism)),
             refill: Notify::new(),
             ready: Notify::new(),
@@ -203,8 +216,11 @@ impl Pool {
             idle: self.idle.lock().unwrap().len(),
             creating: self.creating.load(Ordering::SeqCst),
             alive: self.slots_used.load(Ordering::SeqCst),
-            max_workers: self.max_workers,
+            max_workers: self.policy.max_workers,
             min_idle: self.min_idle,
+            policy: self.policy,
+            admission_now: self.decide(),
+            last_refusal: self.last_refusal.lock().unwrap().clone(),
             initializing: self.initializing.load(Ordering::SeqCst),
             last_error: self.last_error.lock().unwrap().clone(),
             uids_in_use: self.factory.uids_in_use().0,
@@ -286,18 +302,33 @@ impl Pool {
         self.destroy(worker.into_remains());
     }
 
+    /// What the admission policy says now about one more worker.
+    fn decide(&self) -> Decision {
+        capacity::admit(
+            &self.policy,
+            self.slots_used.load(Ordering::SeqCst),
+            self.creating.load(Ordering::SeqCst),
+            self.memory.measure(),
+        )
+    }
+
+    /// Takes a slot for a new worker if the policy admits one. Admissions
+    /// are serialised, so two cannot both take the last room.
     fn reserve_slot(&self) -> bool {
-        self.slots_used
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-                (used < self.max_workers).then_some(used + 1)
-            })
-            .is_ok()
+        let mut last_refusal = self.last_refusal.lock().unwrap();
+        let decision = self.decide();
+        if !decision.admit {
+            *last_refusal = Some(decision);
+            return false;
+        }
+        self.slots_used.fetch_add(1, Ordering::SeqCst);
+        self.creating.fetch_add(1, Ordering::SeqCst);
+        true
     }
 
     /// Creates a worker in a reserved slot; frees the slot on failure.
-    /// Counts as `creating` from the start, also while waiting for its turn.
+    /// Counts as `creating` from its admission, also while waiting for its turn.
     async fn create(self: &Arc<Self>) -> Result<Worker> {
-        self.creating.fetch_add(1, Ordering::SeqCst);
         let _permit = self
             .parallelism
             .acquire()
@@ -330,15 +361,32 @@ impl Pool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::capacity::tests::FakeMemory;
     use crate::config::Config;
     use crate::shutdown::Shutdown;
     use crate::worker::fake::FakeHost;
 
-    /// A pool on `host`'s fake runtime (two creations at a time).
+    /// A pool on `host`'s fake runtime (two creations at a time), with
+    /// plenty of fake memory.
     pub(crate) fn fake_pool(host: &FakeHost, min_idle: usize, max_workers: usize) -> Arc<Pool> {
+        fake_pool_with(host, min_idle, max_workers, FakeMemory::mib(64 * 1024))
+    }
+
+    /// A pool on `host`'s fake runtime whose memory figures come from `memory`
+    /// (the reserve is 1024 MiB).
+    pub(crate) fn fake_pool_with(
+        host: &FakeHost,
+        min_idle: usize,
+        max_workers: usize,
+        memory: Arc<FakeMemory>,
+    ) -> Arc<Pool> {
         let registry = Registry::new(host.config.state_dir());
         let metrics = Arc::new(Metrics::default());
-        Pool::new(host.factory(), metrics, registry, min_idle, max_workers, 2)
+        let policy = Policy {
+            max_workers,
+            reserve_bytes: 1024 * 1024 * 1024,
+        };
+        Pool::new(host.factory(), metrics, registry, min_idle, policy, memory, 2)
     }
 
     /// The registry and the metrics `pool` writes to.
@@ -471,6 +519,25 @@ pub(crate) mod tests {
         shutdown.complete(Duration::from_secs(1)).await;
         assert!(started.elapsed() < Duration::from_millis(500));
         assert!(host.runtime.containers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn memory_not_memory_mb_decides_admission() {
+        let host = FakeHost::new(Config::default());
+        // 1024 MiB reserve; room for one start (64 MiB) and a bit.
+        let memory = FakeMemory::mib(1024 + 100);
+        let pool = fake_pool_with(&host, 0, 64, Arc::clone(&memory));
+        let first = pool.take().await.unwrap();
+        memory.set_mib(1024);
+        assert!(matches!(pool.take().await, Err(TakeError::Full)));
+        let refusal = pool.snapshot().last_refusal.unwrap();
+        assert!(refusal.reason.contains("reserve of 1024 MiB"), "{}", refusal.reason);
+        assert!(!pool.snapshot().admission_now.admit);
+        memory.set_mib(4096);
+        let second = pool.take().await.unwrap();
+        assert_ne!(first.id, second.id);
+        assert_eq!(pool.snapshot().alive, 2);
+        assert!(pool.snapshot().admission_now.admit);
     }
 
     #[test]

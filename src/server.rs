@@ -16,6 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api::{self, AppState};
 use crate::auth::Token;
+use crate::capacity::{HostMemory, Policy};
 use crate::config::Config;
 use crate::front;
 use crate::host::{CgroupSupport, HostInfo};
@@ -42,13 +43,16 @@ pub async fn run(config: Config) -> Result<()> {
     let (podman_version, cgroups, mapped_uids) = wait_for_podman(&podman, &config).await;
     check_uid_range(&config, mapped_uids.as_deref())?;
     let host = HostInfo::detect(cgroups.clone());
-    let host_capacity = host.capacity(config.limits.memory_mb);
-    // One sandbox uid per worker: never more workers than uids.
-    let max_workers = match config.pool.max_workers {
-        0 => host_capacity,
-        configured => configured.min(host_capacity),
-    }
-    .min(config.worker.uid_count as usize);
+    // One sandbox uid per worker: never more workers than uids. Memory is
+    // checked at each admission (capacity.rs), not divided up here.
+    let max_workers = config
+        .pool
+        .max_workers
+        .min(config.worker.uid_count as usize);
+    let policy = Policy {
+        max_workers,
+        reserve_bytes: config.pool.memory_reserve_mb * 1024 * 1024,
+    };
     let factory = Arc::new(WorkerFactory::new(
         Arc::new(podman),
         Arc::clone(&config),
@@ -63,7 +67,8 @@ pub async fn run(config: Config) -> Result<()> {
         Arc::clone(&metrics),
         Arc::clone(&registry),
         config.pool.min_idle,
-        max_workers,
+        policy,
+        Arc::new(HostMemory),
         config.pool.create_parallelism,
     );
     let sessions = Arc::new(Sessions::new(
@@ -291,11 +296,13 @@ fn log_limits(config: &Config, host: &HostInfo, max_workers: usize) {
         }
     };
     tracing::info!(
-        "host: {} MiB memory, {} cpus, cgroup {} ({}); capacity {max_workers} workers, {} kept warm",
+        "host: {} MiB memory, {} cpus, cgroup {} ({}); at most {max_workers} workers, admitted \
+         while available memory stays above {} MiB; {} kept warm",
         host.total_memory_bytes / (1024 * 1024),
         host.cpus,
         host.cgroups.version,
         if host.cgroups.rootless { "rootless" } else { "rootful" },
+        config.pool.memory_reserve_mb,
         config.pool.min_idle,
     );
     tracing::info!(

@@ -279,7 +279,11 @@ pub(crate) fn test_state_with(edit: impl FnOnce(&mut Config)) -> (Arc<AppState>,
         Arc::clone(&metrics),
         Arc::clone(&registry),
         0,
-        1,
+        crate::capacity::Policy {
+            max_workers: 1,
+            reserve_bytes: 0,
+        },
+        Arc::new(crate::capacity::HostMemory),
         1,
     );
     let expiry = crate::sessions::Expiry {

@@ -56,7 +56,14 @@ pub fn handle(state: Arc<AppState>) -> Response {
         "creating_workers": pool.creating,
         "capacity": {
             "max_workers": pool.max_workers,
-            "host_capacity": state.host.capacity(state.config.limits.memory_mb),
+            "policy": "admit a worker while available memory, less 64 MiB per worker \
+                       being started, stays above the reserve, up to max_workers",
+            "memory_reserve_mb": pool.policy.reserve_bytes / (1024 * 1024),
+            "available_memory_mb": pool.admission_now.memory.available_bytes / (1024 * 1024),
+            "memory_source": pool.admission_now.memory.source,
+            "would_admit": pool.admission_now.admit,
+            "decision": pool.admission_now.reason,
+            "last_refusal": pool.last_refusal.as_ref().map(|d| &d.reason),
             "min_idle": pool.min_idle,
             "free_slots": pool.max_workers.saturating_sub(pool.alive),
             "sandbox_uids": pool.uids,
