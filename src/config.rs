@@ -243,6 +243,9 @@ pub struct PoolConfig {
     pub memory_reserve_mb: u64,
     /// Workers started in parallel while refilling.
     pub create_parallelism: usize,
+    /// Longest a new user waits, in FIFO order, for a worker before 503 +
+    /// Retry-After, seconds.
+    pub queue_timeout_secs: f64,
 }
 
 /// Limits of one execution.
@@ -312,6 +315,7 @@ impl Default for PoolConfig {
             max_workers: 64,
             memory_reserve_mb: 1024,
             create_parallelism: 2,
+            queue_timeout_secs: 30.0,
         }
     }
 }
@@ -452,9 +456,11 @@ impl Config {
         if self.server.max_code_bytes == 0
             || self.pool.create_parallelism == 0
             || self.pool.max_workers == 0
+            || !(self.pool.queue_timeout_secs > 0.0 && self.pool.queue_timeout_secs <= 3600.0)
         {
             bail!(
-                "server.max_code_bytes, pool.create_parallelism and pool.max_workers must be positive"
+                "server.max_code_bytes, pool.create_parallelism, pool.max_workers and \
+                 pool.queue_timeout_secs (at most 3600) must be positive"
             );
         }
         Ok(())
@@ -670,6 +676,7 @@ mod tests {
         assert_eq!(ours.max_workers, default.max_workers);
         assert_eq!(ours.memory_reserve_mb, default.memory_reserve_mb);
         assert_eq!(ours.min_idle, default.min_idle);
+        assert_eq!(ours.queue_timeout_secs, default.queue_timeout_secs);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::front;
 use crate::host::{CgroupSupport, HostInfo};
 use crate::kernel::OutputLimits;
 use crate::metrics::Metrics;
-use crate::pool::Pool;
+use crate::pool::{Pool, Settings};
 use crate::sessions::{Expiry, Sessions};
 use crate::shutdown::Shutdown;
 use crate::state::{unix_now, Registry, WorkerRecord};
@@ -66,10 +66,13 @@ pub async fn run(config: Config) -> Result<()> {
         Arc::clone(&factory),
         Arc::clone(&metrics),
         Arc::clone(&registry),
-        config.pool.min_idle,
+        Settings {
+            min_idle: config.pool.min_idle,
+            parallelism: config.pool.create_parallelism,
+            queue_timeout: Duration::from_secs_f64(config.pool.queue_timeout_secs),
+        },
         policy,
         Arc::new(HostMemory),
-        config.pool.create_parallelism,
     );
     let sessions = Arc::new(Sessions::new(
         Arc::clone(&pool),

@@ -278,13 +278,16 @@ pub(crate) fn test_state_with(edit: impl FnOnce(&mut Config)) -> (Arc<AppState>,
         factory,
         Arc::clone(&metrics),
         Arc::clone(&registry),
-        0,
+        crate::pool::Settings {
+            min_idle: 0,
+            parallelism: 1,
+            queue_timeout: std::time::Duration::from_millis(100),
+        },
         crate::capacity::Policy {
             max_workers: 1,
             reserve_bytes: 0,
         },
         Arc::new(crate::capacity::HostMemory),
-        1,
     );
     let expiry = crate::sessions::Expiry {
         idle_timeout: std::time::Duration::from_secs(60),

@@ -65,6 +65,8 @@ pub fn handle(state: Arc<AppState>) -> Response {
             "decision": pool.admission_now.reason,
             "last_refusal": pool.last_refusal.as_ref().map(|d| &d.reason),
             "min_idle": pool.min_idle,
+            "waiting_for_a_worker": pool.waiting,
+            "queue_timeout_secs": state.config.pool.queue_timeout_secs,
             "free_slots": pool.max_workers.saturating_sub(pool.alive),
             "sandbox_uids": pool.uids,
             "sandbox_uids_in_use": pool.uids_in_use,
