@@ -236,6 +236,8 @@ impl AllowEntry {
 pub struct PoolConfig {
     /// Ready, unassigned workers kept waiting for new users.
     pub min_idle: usize,
+    /// Most idle workers the pool grows to when new users arrive quickly.
+    pub max_idle: usize,
     /// Most workers alive at once (also capped by `worker.uid_count`).
     pub max_workers: usize,
     /// Available memory (host, or the gateway's own cgroup) below which no
@@ -312,6 +314,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             min_idle: 2,
+            max_idle: 8,
             max_workers: 64,
             memory_reserve_mb: 1024,
             create_parallelism: 2,
@@ -677,6 +680,7 @@ mod tests {
         assert_eq!(ours.memory_reserve_mb, default.memory_reserve_mb);
         assert_eq!(ours.min_idle, default.min_idle);
         assert_eq!(ours.queue_timeout_secs, default.queue_timeout_secs);
+        assert_eq!(ours.max_idle, default.max_idle);
     }
 
     #[test]

@@ -24,6 +24,39 @@ use crate::worker::{Remains, Worker, WorkerFactory};
 /// Longest a request waits while the last creation failed and none has
 /// succeeded since: a setup that cannot make a worker is a quick 503.
 const FAILING_WAIT: Duration = Duration::from_secs(4);
+/// Arrivals are counted over this window to estimate the arrival rate.
+const ARRIVAL_WINDOW: Duration = Duration::from_secs(10);
+
+/// Idle workers to keep ready: the new users expected while one worker
+/// starts (arrival rate × start time, Little's law), within
+/// `min_idle ..= max_idle`; `min_idle` once no one arrived for `trim_after`.
+pub fn idle_target(
+    min_idle: usize,
+    max_idle: usize,
+    arrivals_in_window: usize,
+    start_time: Duration,
+    since_last_arrival: Option<Duration>,
+    trim_after: Duration,
+) -> usize {
+    match since_last_arrival {
+        Some(quiet) if quiet < trim_after => {
+            let rate = arrivals_in_window as f64 / ARRIVAL_WINDOW.as_secs_f64();
+            let expected = (rate * start_time.as_secs_f64()).ceil() as usize;
+            expected.clamp(min_idle, max_idle.max(min_idle))
+        }
+        _ => min_idle,
+    }
+}
+
+/// Recent demand: new users' arrivals and how long a worker takes to start.
+#[derive(Default)]
+struct Demand {
+    /// Arrival times within `ARRIVAL_WINDOW`, oldest first.
+    arrivals: VecDeque<std::time::Instant>,
+    /// Moving average of successful creations' durations.
+    start_time: Option<Duration>,
+}
+
 /// How often a waiting request asks the admission policy again (memory is
 /// freed without the pool hearing of it).
 const ADMISSION_RECHECK: Duration = Duration::from_millis(500);
@@ -99,6 +132,9 @@ pub struct Pool {
     /// The last refused admission, for `/status` (serialises admissions too).
     last_refusal: Mutex<Option<Decision>>,
     min_idle: usize,
+    max_idle: usize,
+    trim_after: Duration,
+    demand: Mutex<Demand>,
     parallelism: Arc<Semaphore>,
     /// Wakes the refill task (a worker was taken or destroyed).
     refill: Notify,
@@ -120,6 +156,10 @@ pub struct Settings {
     pub parallelism: usize,
     /// Longest a request waits for a worker before 503 + Retry-After.
     pub queue_timeout: Duration,
+    /// Most idle workers the pool grows to under demand.
+    pub max_idle: usize,
+    /// Without arrivals this long, idle workers are trimmed back to `min_idle`.
+    pub trim_after: Duration,
 }
 
 /// The pool's state for `/status`.
@@ -130,6 +170,11 @@ pub struct PoolSnapshot {
     pub alive: usize,
     pub max_workers: usize,
     pub min_idle: usize,
+    /// Idle workers the pool keeps now (follows demand), and its bounds' top.
+    pub idle_target: usize,
+    pub max_idle: usize,
+    /// Moving average of a worker's start, ms (none made yet: null).
+    pub start_time_ms: Option<u64>,
     /// Requests waiting for a worker.
     pub waiting: usize,
     /// The admission policy, what it would decide now, and its last refusal.
@@ -156,6 +201,8 @@ impl Pool {
             min_idle,
             parallelism,
             queue_timeout,
+            max_idle,
+            trim_after,
         } = settings;
         Arc::new(Self {
             factory,
@@ -170,6 +217,9 @@ impl Pool {
             memory,
             last_refusal: Mutex::new(None),
             min_idle: min_idle.min(policy.max_workers),
+            max_idle,
+            trim_after,
+            demand: Mutex::new(Demand::default()),
             parallelism: Arc::new(Semaphore::new(parallelism)),
             refill: Notify::new(),
             ready: Notify::new(),
@@ -195,6 +245,7 @@ impl Pool {
     pub async fn take(self: &Arc<Self>) -> Result<Worker, TakeError> {
         let started = tokio::time::Instant::now();
         let deadline = started + self.queue_timeout;
+        self.arrived();
         let mut first_in_line = false;
         let mut mine: Option<tokio::task::JoinHandle<Result<()>>> = None;
         'queue: loop {
@@ -260,6 +311,52 @@ impl Pool {
                     }
                 }
             }
+        }
+    }
+
+    /// Counts a new user's arrival (for the idle target).
+    fn arrived(&self) {
+        let now = std::time::Instant::now();
+        let mut demand = self.demand.lock().unwrap();
+        demand.arrivals.push_back(now);
+        while demand
+            .arrivals
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > ARRIVAL_WINDOW)
+        {
+            demand.arrivals.pop_front();
+        }
+    }
+
+    /// The idle workers to keep now, from recent arrivals and start times.
+    fn idle_target(&self) -> usize {
+        let demand = self.demand.lock().unwrap();
+        let now = std::time::Instant::now();
+        let recent = (demand.arrivals.iter())
+            .filter(|t| now.duration_since(**t) <= ARRIVAL_WINDOW)
+            .count();
+        idle_target(
+            self.min_idle,
+            self.max_idle,
+            recent,
+            demand.start_time.unwrap_or_default(),
+            demand.arrivals.back().map(|t| now.duration_since(*t)),
+            self.trim_after,
+        )
+    }
+
+    /// Destroys idle workers past the target (newest first: the oldest have
+    /// proven they start), once demand fell.
+    fn trim(self: &Arc<Self>, target: usize) {
+        let extra: Vec<Worker> = {
+            let mut idle = self.idle.lock().unwrap();
+            let keep = target.max(self.min_idle);
+            let n = idle.len().saturating_sub(keep);
+            (0..n).filter_map(|_| idle.pop_back()).collect()
+        };
+        for worker in extra {
+            tracing::info!(worker = worker.id, "demand fell; trimming an idle worker");
+            self.destroy(worker.into_remains());
         }
     }
 
@@ -329,6 +426,9 @@ impl Pool {
             alive: self.slots_used.load(Ordering::SeqCst),
             max_workers: self.policy.max_workers,
             min_idle: self.min_idle,
+            idle_target: self.idle_target(),
+            max_idle: self.max_idle,
+            start_time_ms: (self.demand.lock().unwrap().start_time).map(|t| t.as_millis() as u64),
             waiting: (self.waiters.lock().unwrap().iter())
                 .filter(|tx| !tx.is_closed())
                 .count(),
@@ -348,8 +448,13 @@ impl Pool {
     pub async fn run_refill(self: Arc<Self>, mut shutdown: shutdown::Listener) {
         let mut failures: u32 = 0;
         while !shutdown.is_shutdown() {
-            let have = self.idle.lock().unwrap().len() + self.creating.load(Ordering::SeqCst);
-            let wanted = self.min_idle.saturating_sub(have);
+            let target = self.idle_target();
+            let idle = self.idle.lock().unwrap().len();
+            if idle > target && self.creating.load(Ordering::SeqCst) == 0 {
+                self.trim(target);
+            }
+            let have = idle + self.creating.load(Ordering::SeqCst);
+            let wanted = target.saturating_sub(have);
             let mut started = Vec::new();
             for _ in 0..wanted {
                 if !self.reserve_slot() {
@@ -363,7 +468,7 @@ impl Pool {
                 self.initializing.store(false, Ordering::SeqCst);
                 tokio::select! {
                     _ = self.refill.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1).min(self.trim_after / 2)) => {}
                     _ = shutdown.recv() => return,
                 }
                 self.remove_dead_idle();
@@ -458,6 +563,12 @@ impl Pool {
                 *self.last_error.lock().unwrap() = None;
                 let ms = started.elapsed().as_millis() as u64;
                 tracing::info!(worker = worker.id, ms, "worker ready");
+                let took = started.elapsed();
+                let mut demand = self.demand.lock().unwrap();
+                demand.start_time = Some(match demand.start_time {
+                    Some(average) => (average * 3 + took) / 4,
+                    None => took,
+                });
             }
             Err(e) => {
                 Metrics::bump(&self.metrics.worker_start_failures);
@@ -510,6 +621,8 @@ pub(crate) mod tests {
                 min_idle,
                 parallelism: 2,
                 queue_timeout: QUEUE_TIMEOUT,
+                max_idle: min_idle,
+                trim_after: Duration::from_secs(60),
             },
             policy,
             memory,
@@ -678,6 +791,8 @@ pub(crate) mod tests {
             min_idle: 0,
             parallelism: 2,
             queue_timeout,
+            max_idle: 0,
+            trim_after: Duration::from_secs(60),
         };
         let memory = FakeMemory::mib(64 * 1024);
         Pool::new(host.factory(), Arc::new(Metrics::default()), registry, settings, policy, memory)
@@ -748,6 +863,61 @@ pub(crate) mod tests {
         assert!(patient.await.unwrap().is_ok());
         assert_eq!(pool.snapshot().idle, 0);
         assert_eq!(pool.snapshot().alive, 1, "no worker lost or made twice");
+    }
+
+    #[test]
+    fn the_idle_target_is_arrival_rate_times_start_time_within_bounds() {
+        let (second, minute) = (Duration::from_secs(1), Duration::from_secs(60));
+        let recent = Some(Duration::from_millis(100));
+        // Quiet: min_idle.
+        assert_eq!(idle_target(2, 8, 0, second, None, minute), 2);
+        // 30 users in 10 s, 1 s starts: 3 arrive during a start.
+        assert_eq!(idle_target(2, 8, 30, second, recent, minute), 3);
+        assert_eq!(idle_target(2, 8, 30, 2 * second, recent, minute), 6);
+        // Bounded above and below.
+        assert_eq!(idle_target(2, 8, 100, 2 * second, recent, minute), 8);
+        assert_eq!(idle_target(2, 8, 1, second, recent, minute), 2);
+        // A minute without arrivals: back to min_idle.
+        assert_eq!(idle_target(2, 8, 30, second, Some(minute), minute), 2);
+        // max_idle below min_idle does not undercut min_idle.
+        assert_eq!(idle_target(3, 1, 0, second, recent, minute), 3);
+    }
+
+    #[tokio::test]
+    async fn the_pool_grows_with_demand_and_trims_back_when_it_falls() {
+        let host = FakeHost::new(Config::default());
+        let registry = Registry::new(host.config.state_dir());
+        let settings = Settings {
+            min_idle: 1,
+            parallelism: 2,
+            queue_timeout: QUEUE_TIMEOUT,
+            max_idle: 4,
+            trim_after: Duration::from_millis(300),
+        };
+        let policy = Policy {
+            max_workers: 20,
+            reserve_bytes: 0,
+        };
+        let memory = FakeMemory::mib(64 * 1024);
+        let pool = Pool::new(host.factory(), Arc::new(Metrics::default()), registry, settings, policy, memory);
+        let mut shutdown = Shutdown::new();
+        shutdown.spawn(|stop| Arc::clone(&pool).run_refill(stop));
+        eventually("min_idle ready", || pool.snapshot().idle == 1).await;
+        // Real workers take seconds to start; the fake ones, milliseconds,
+        // which pull the moving average down by a quarter each: start high.
+        pool.demand.lock().unwrap().start_time = Some(Duration::from_secs(1000));
+        let mut taken = Vec::new();
+        for _ in 0..6 {
+            taken.push(pool.take().await.unwrap());
+        }
+        // 6 arrivals in 10 s × minutes-long starts, bounded by max_idle.
+        assert_eq!(pool.snapshot().idle_target, 4);
+        eventually("grown to max_idle", || pool.snapshot().idle == 4).await;
+        // No arrivals for trim_after: back to min_idle, the rest destroyed.
+        eventually("trimmed", || pool.snapshot().idle == 1 && pool.snapshot().alive == 7).await;
+        assert_eq!(pool.snapshot().idle_target, 1);
+        assert_eq!(host.runtime.containers().len(), 7);
+        shutdown.complete(Duration::from_secs(1)).await;
     }
 
     #[test]

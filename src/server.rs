@@ -33,6 +33,8 @@ use crate::worker::{Worker, WorkerFactory};
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 /// How long the background loops may take to return once the shutdown began.
 const LOOPS_MARGIN: Duration = Duration::from_secs(5);
+/// Without a new user this long, extra idle workers are trimmed to `min_idle`.
+const IDLE_TRIM_AFTER: Duration = Duration::from_secs(60);
 /// How long start-up waits for the Podman socket to answer.
 const PODMAN_WAIT: Duration = Duration::from_secs(30);
 
@@ -70,6 +72,8 @@ pub async fn run(config: Config) -> Result<()> {
             min_idle: config.pool.min_idle,
             parallelism: config.pool.create_parallelism,
             queue_timeout: Duration::from_secs_f64(config.pool.queue_timeout_secs),
+            max_idle: config.pool.max_idle,
+            trim_after: IDLE_TRIM_AFTER,
         },
         policy,
         Arc::new(HostMemory),

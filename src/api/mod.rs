@@ -282,6 +282,8 @@ pub(crate) fn test_state_with(edit: impl FnOnce(&mut Config)) -> (Arc<AppState>,
             min_idle: 0,
             parallelism: 1,
             queue_timeout: std::time::Duration::from_millis(100),
+            max_idle: 0,
+            trim_after: std::time::Duration::from_secs(60),
         },
         crate::capacity::Policy {
             max_workers: 1,
