@@ -591,7 +591,7 @@ pub(crate) mod tests {
     use crate::worker::fake::FakeHost;
 
     /// How long a request waits for a worker in the fake pools.
-    pub(crate) const QUEUE_TIMEOUT: Duration = Duration::from_millis(150);
+    pub(crate) const QUEUE_TIMEOUT: Duration = Duration::from_millis(50);
 
     /// A pool on `host`'s fake runtime (two creations at a time), with
     /// plenty of fake memory.
@@ -892,7 +892,7 @@ pub(crate) mod tests {
             parallelism: 2,
             queue_timeout: QUEUE_TIMEOUT,
             max_idle: 4,
-            trim_after: Duration::from_millis(300),
+            trim_after: Duration::from_millis(150),
         };
         let policy = Policy {
             max_workers: 20,
