@@ -116,7 +116,7 @@ pub struct WorkerConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    /// Memory (cgroup), MiB; also sizes the automatic capacity.
+    /// Memory (cgroup), MiB: a per-worker cap, not a reservation.
     pub memory_mb: u64,
     /// CPUs (cgroup quota).
     pub cpus: f64,
@@ -236,10 +236,18 @@ impl AllowEntry {
 pub struct PoolConfig {
     /// Ready, unassigned workers kept waiting for new users.
     pub min_idle: usize,
-    /// Most workers alive at once; 0 derives it from host memory.
+    /// Most idle workers the pool grows to when new users arrive quickly.
+    pub max_idle: usize,
+    /// Most workers alive at once (also capped by `worker.uid_count`).
     pub max_workers: usize,
+    /// Available memory (host, or the gateway's own cgroup) below which no
+    /// new worker is admitted, MiB.
+    pub memory_reserve_mb: u64,
     /// Workers started in parallel while refilling.
     pub create_parallelism: usize,
+    /// Longest a new user waits, in FIFO order, for a worker before 503 +
+    /// Retry-After, seconds.
+    pub queue_timeout_secs: f64,
 }
 
 /// Limits of one execution.
@@ -306,8 +314,11 @@ impl Default for PoolConfig {
     fn default() -> Self {
         Self {
             min_idle: 2,
-            max_workers: 0,
+            max_idle: 8,
+            max_workers: 64,
+            memory_reserve_mb: 1024,
             create_parallelism: 2,
+            queue_timeout_secs: 30.0,
         }
     }
 }
@@ -445,8 +456,15 @@ impl Config {
         if !(1..=1_000_000).contains(&server.max_connections) {
             bail!("server.max_connections must be in [1, 1000000]");
         }
-        if self.server.max_code_bytes == 0 || self.pool.create_parallelism == 0 {
-            bail!("server.max_code_bytes and pool.create_parallelism must be positive");
+        if self.server.max_code_bytes == 0
+            || self.pool.create_parallelism == 0
+            || self.pool.max_workers == 0
+            || !(self.pool.queue_timeout_secs > 0.0 && self.pool.queue_timeout_secs <= 3600.0)
+        {
+            bail!(
+                "server.max_code_bytes, pool.create_parallelism, pool.max_workers and \
+                 pool.queue_timeout_secs (at most 3600) must be positive"
+            );
         }
         Ok(())
     }
@@ -642,6 +660,9 @@ mod tests {
         let mut config = Config::default();
         config.server.max_connections = 0;
         assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.pool.max_workers = 0;
+        assert!(config.validate().is_err());
     }
 
     #[test]
@@ -654,6 +675,12 @@ mod tests {
         assert_eq!(ours.body_timeout_secs, default.body_timeout_secs);
         assert_eq!(ours.body_min_bytes_per_sec, default.body_min_bytes_per_sec);
         assert_eq!(ours.max_connections, default.max_connections);
+        let (ours, default) = (&shipped.pool, PoolConfig::default());
+        assert_eq!(ours.max_workers, default.max_workers);
+        assert_eq!(ours.memory_reserve_mb, default.memory_reserve_mb);
+        assert_eq!(ours.min_idle, default.min_idle);
+        assert_eq!(ours.queue_timeout_secs, default.queue_timeout_secs);
+        assert_eq!(ours.max_idle, default.max_idle);
     }
 
     #[test]

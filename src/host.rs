@@ -1,4 +1,5 @@
-//! What this host can hold and what its Podman can enforce.
+//! What this host has and what its Podman can enforce (what it can hold is
+//! decided per worker, from measured memory: `capacity.rs`).
 //!
 //! Memory and CPUs come from `sysinfo`; cgroup support comes from Podman's own
 //! report (cgroup version, controllers it may use, rootless or not), which is
@@ -72,30 +73,11 @@ impl HostInfo {
             cgroups,
         }
     }
-
-    /// Workers this host can hold: memory less 1 GiB for the host, divided by
-    /// the memory one worker may use; at least 1.
-    pub fn capacity(&self, worker_memory_mb: u64) -> usize {
-        let reserve = 1024 * 1024 * 1024;
-        let per_worker = worker_memory_mb.max(1) * 1024 * 1024;
-        (self.total_memory_bytes.saturating_sub(reserve) / per_worker).max(1) as usize
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn capacity_follows_memory() {
-        let host = HostInfo {
-            total_memory_bytes: 24 * 1024 * 1024 * 1024,
-            cpus: 2,
-            cgroups: CgroupSupport::default(),
-        };
-        assert_eq!(host.capacity(1024), 23);
-        assert_eq!(host.capacity(100_000), 1);
-    }
 
     #[test]
     fn enforcement_depends_on_version_rootlessness_and_delegation() {

@@ -11,6 +11,7 @@ mod api;
 mod auth;
 #[cfg(feature = "bench")]
 mod bench;
+mod capacity;
 mod config;
 mod front;
 mod host;

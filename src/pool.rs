@@ -3,7 +3,8 @@
 //! A background task keeps `min_idle` workers ready, creating at most
 //! `create_parallelism` at once and backing off after failures, so a broken
 //! setup shows up as a reason in `/status` instead of a storm of containers.
-//! Every live or starting worker holds one capacity slot until it is destroyed.
+//! Every live or starting worker holds one capacity slot until it is destroyed;
+//! a new slot is given while `capacity::admit` says the host can hold one more.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -12,18 +13,53 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use serde::Serialize;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{oneshot, Notify, Semaphore};
 
+use crate::capacity::{self, Decision, MemorySource, Policy};
 use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::state::Registry;
 use crate::worker::{Remains, Worker, WorkerFactory};
 
-/// Longest a request waits for a worker, unless others are being made
-/// meanwhile; then 503 + Retry-After.
-const TAKE_WAIT: Duration = Duration::from_secs(4);
-/// Longest a request waits behind creations that do succeed.
-const TAKE_WAIT_MAX: Duration = Duration::from_secs(60);
+/// Longest a request waits while the last creation failed and none has
+/// succeeded since: a setup that cannot make a worker is a quick 503.
+const FAILING_WAIT: Duration = Duration::from_secs(4);
+/// Arrivals are counted over this window to estimate the arrival rate.
+const ARRIVAL_WINDOW: Duration = Duration::from_secs(10);
+
+/// Idle workers to keep ready: the new users expected while one worker
+/// starts (arrival rate × start time, Little's law), within
+/// `min_idle ..= max_idle`; `min_idle` once no one arrived for `trim_after`.
+pub fn idle_target(
+    min_idle: usize,
+    max_idle: usize,
+    arrivals_in_window: usize,
+    start_time: Duration,
+    since_last_arrival: Option<Duration>,
+    trim_after: Duration,
+) -> usize {
+    match since_last_arrival {
+        Some(quiet) if quiet < trim_after => {
+            let rate = arrivals_in_window as f64 / ARRIVAL_WINDOW.as_secs_f64();
+            let expected = (rate * start_time.as_secs_f64()).ceil() as usize;
+            expected.clamp(min_idle, max_idle.max(min_idle))
+        }
+        _ => min_idle,
+    }
+}
+
+/// Recent demand: new users' arrivals and how long a worker takes to start.
+#[derive(Default)]
+struct Demand {
+    /// Arrival times within `ARRIVAL_WINDOW`, oldest first.
+    arrivals: VecDeque<std::time::Instant>,
+    /// Moving average of successful creations' durations.
+    start_time: Option<Duration>,
+}
+
+/// How often a waiting request asks the admission policy again (memory is
+/// freed without the pool hearing of it).
+const ADMISSION_RECHECK: Duration = Duration::from_millis(500);
 
 /// How long the refill waits after `failures` creations in a row failed:
 /// 2, 4 … 30 s, so a broken setup is not a storm of containers.
@@ -40,29 +76,90 @@ pub enum TakeError {
     Failed(anyhow::Error),
 }
 
+/// A request's place in the queue for a worker. Dropped before it received
+/// one (the request gave up or was cancelled), a worker handed to it
+/// meanwhile goes on to the next waiter or the idle pool.
+struct Place {
+    rx: Option<oneshot::Receiver<Worker>>,
+    pool: Arc<Pool>,
+}
+
+impl Place {
+    /// The worker handed to this place; `None` if none can come any more.
+    /// Cancel-safe: a worker is kept in the channel until received.
+    async fn receive(&mut self) -> Option<Worker> {
+        let got = self.rx.as_mut()?.await.ok();
+        self.rx = None;
+        got
+    }
+
+    /// True when a worker waits in this place (or none can come any more).
+    fn is_served(&self) -> bool {
+        self.rx.as_ref().is_none_or(|rx| !rx.is_empty() || rx.is_terminated())
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        if let Some(mut rx) = self.rx.take() {
+            rx.close();
+            if let Ok(worker) = rx.try_recv() {
+                self.pool.hand_out(worker);
+            }
+        }
+    }
+}
+
 /// The pool and its bookkeeping.
 pub struct Pool {
     factory: Arc<WorkerFactory>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
     idle: Mutex<VecDeque<Worker>>,
+    /// Requests waiting for a worker, oldest first; a new worker goes to the
+    /// oldest. Locked before `idle` wherever both are, so a worker is either
+    /// handed to a waiter or left idle, never both missed.
+    waiters: Mutex<VecDeque<oneshot::Sender<Worker>>>,
+    /// Longest a request waits for a worker before 503 + Retry-After.
+    queue_timeout: Duration,
     /// Workers alive or being created: the capacity in use.
     slots_used: AtomicUsize,
     /// Workers being created right now.
     creating: AtomicUsize,
-    /// Workers created since start (progress, for waiting requests).
-    completed: AtomicUsize,
-    max_workers: usize,
+    /// The admission policy and where its memory figures come from.
+    policy: Policy,
+    memory: Arc<dyn MemorySource>,
+    /// The last refused admission, for `/status` (serialises admissions too).
+    last_refusal: Mutex<Option<Decision>>,
     min_idle: usize,
+    max_idle: usize,
+    trim_after: Duration,
+    demand: Mutex<Demand>,
     parallelism: Arc<Semaphore>,
     /// Wakes the refill task (a worker was taken or destroyed).
     refill: Notify,
-    /// Wakes requests waiting for a worker that is being created.
+    /// Wakes waiting requests to ask for admission again (a creation ended
+    /// or a worker was destroyed).
     ready: Notify,
     /// True until the pool first reached `min_idle` (or gave up trying).
     initializing: AtomicBool,
     /// The last creation failure, shown in `/status` until a creation succeeds.
     last_error: Mutex<Option<String>>,
+}
+
+/// How the pool keeps workers warm and how long requests wait for one.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Ready, unassigned workers kept waiting for new users.
+    pub min_idle: usize,
+    /// Workers started at once.
+    pub parallelism: usize,
+    /// Longest a request waits for a worker before 503 + Retry-After.
+    pub queue_timeout: Duration,
+    /// Most idle workers the pool grows to under demand.
+    pub max_idle: usize,
+    /// Without arrivals this long, idle workers are trimmed back to `min_idle`.
+    pub trim_after: Duration,
 }
 
 /// The pool's state for `/status`.
@@ -73,6 +170,17 @@ pub struct PoolSnapshot {
     pub alive: usize,
     pub max_workers: usize,
     pub min_idle: usize,
+    /// Idle workers the pool keeps now (follows demand), and its bounds' top.
+    pub idle_target: usize,
+    pub max_idle: usize,
+    /// Moving average of a worker's start, ms (none made yet: null).
+    pub start_time_ms: Option<u64>,
+    /// Requests waiting for a worker.
+    pub waiting: usize,
+    /// The admission policy, what it would decide now, and its last refusal.
+    pub policy: Policy,
+    pub admission_now: Decision,
+    pub last_refusal: Option<Decision>,
     pub initializing: bool,
     pub last_error: Option<String>,
     /// Sandbox uids serving workers, and how many there are.
@@ -85,20 +193,33 @@ impl Pool {
         factory: Arc<WorkerFactory>,
         metrics: Arc<Metrics>,
         registry: Arc<Registry>,
-        min_idle: usize,
-        max_workers: usize,
-        parallelism: usize,
+        settings: Settings,
+        policy: Policy,
+        memory: Arc<dyn MemorySource>,
     ) -> Arc<Self> {
+        let Settings {
+            min_idle,
+            parallelism,
+            queue_timeout,
+            max_idle,
+            trim_after,
+        } = settings;
         Arc::new(Self {
             factory,
             metrics,
             registry,
             idle: Mutex::new(VecDeque::new()),
+            waiters: Mutex::new(VecDeque::new()),
+            queue_timeout,
             slots_used: AtomicUsize::new(0),
             creating: AtomicUsize::new(0),
-            completed: AtomicUsize::new(0),
-            max_workers,
-            min_idle: min_idle.min(max_workers),
+            policy,
+            memory,
+            last_refusal: Mutex::new(None),
+            min_idle: min_idle.min(policy.max_workers),
+            max_idle,
+            trim_after,
+            demand: Mutex::new(Demand::default()),
             parallelism: Arc::new(Semaphore::new(parallelism)),
             refill: Notify::new(),
             ready: Notify::new(),
@@ -115,72 +236,171 @@ impl Pool {
         self.idle.lock().unwrap().extend(idle);
     }
 
-    /// Hands out a ready worker: from the pool, else one made now, else one
-    /// another request is making; `Full` when every slot holds a live worker.
-    /// Waits `TAKE_WAIT` at a time, and only while workers keep being made
-    /// (a burst of new users queues behind creations that succeed): a setup
-    /// that cannot make one is a 503 within `TAKE_WAIT`, never a hung request.
-    /// A creation this request started goes on and its worker waits in the pool.
+    /// Hands out a ready worker: an idle one if nobody waits before us, else
+    /// the next one made, in arrival order (FIFO) among the waiting requests.
+    /// A request starts a creation when the admission policy allows one; its
+    /// worker goes to the oldest waiter. After `queue_timeout` without a
+    /// worker: `Full`; `Failed` when creations fail: at once for a creation
+    /// this request started, else after `FAILING_WAIT` (never a hung request).
     pub async fn take(self: &Arc<Self>) -> Result<Worker, TakeError> {
         let started = tokio::time::Instant::now();
-        let mut deadline = started + TAKE_WAIT;
-        let mut completed = self.completed.load(Ordering::SeqCst);
+        let deadline = started + self.queue_timeout;
+        self.arrived();
+        let mut first_in_line = false;
         let mut mine: Option<tokio::task::JoinHandle<Result<()>>> = None;
-        loop {
-            let ready = self.ready.notified();
-            tokio::pin!(ready);
-            ready.as_mut().enable();
-            let next = self.idle.lock().unwrap().pop_front();
-            if let Some(worker) = next {
-                self.refill.notify_one();
-                if worker.kernel.is_dead() {
-                    self.discard_dead(worker);
-                    continue;
-                }
-                return Ok(worker);
-            }
-            if mine.is_none() && self.reserve_slot() {
-                mine = Some(self.spawn_create());
-                continue;
-            }
-            if mine.is_none() && self.creating.load(Ordering::SeqCst) == 0 {
-                return Err(TakeError::Full);
-            }
-            tokio::select! {
-                _ = &mut ready => {}
-                finished = async { mine.as_mut().expect("guarded").await }, if mine.is_some() => {
-                    mine = None;
-                    match finished {
-                        Ok(Ok(())) => {} // in the pool now, unless another request took it
-                        Ok(Err(e)) => return Err(TakeError::Failed(e)),
-                        Err(e) => return Err(TakeError::Failed(anyhow!("worker creation task failed: {e}"))),
-                    }
-                }
-                _ = tokio::time::sleep_until(deadline) => {
-                    let last = self.last_error.lock().unwrap().clone();
-                    let now_completed = self.completed.load(Ordering::SeqCst);
-                    let progress = now_completed > completed && last.is_none();
-                    if progress && started.elapsed() < TAKE_WAIT_MAX {
-                        completed = now_completed;
-                        deadline += TAKE_WAIT;
+        'queue: loop {
+            let mut place = match self.queue_up(first_in_line) {
+                Ok(worker) => {
+                    self.refill.notify_one();
+                    if worker.kernel.is_dead() {
+                        self.discard_dead(worker);
                         continue;
                     }
-                    return Err(TakeError::Failed(anyhow!(
-                        "no worker was ready within {} s{}",
-                        TAKE_WAIT.as_secs(),
-                        last.map(|e| format!(" (last failure: {e})")).unwrap_or_default()
-                    )));
+                    return Ok(worker);
+                }
+                Err(place) => place,
+            };
+            self.refill.notify_one();
+            loop {
+                let freed = self.ready.notified();
+                tokio::pin!(freed);
+                freed.as_mut().enable();
+                // No creation for a request already served (its worker waits in `place`).
+                if mine.is_none() && !place.is_served() && self.reserve_slot() {
+                    mine = Some(self.spawn_create());
+                }
+                tokio::select! {
+                    biased;
+                    handed = place.receive() => match handed {
+                        Some(worker) if worker.kernel.is_dead() => {
+                            // Keep our turn: wait again at the head.
+                            self.discard_dead(worker);
+                            first_in_line = true;
+                            continue 'queue;
+                        }
+                        Some(worker) => return Ok(worker),
+                        None => continue 'queue,
+                    },
+                    finished = async { mine.as_mut().expect("guarded").await }, if mine.is_some() => {
+                        mine = None;
+                        match finished {
+                            Ok(Ok(())) => {} // handed to the oldest waiter, maybe us
+                            Ok(Err(e)) => return Err(TakeError::Failed(e)),
+                            Err(e) => return Err(TakeError::Failed(anyhow!("worker creation task failed: {e}"))),
+                        }
+                    }
+                    _ = &mut freed => {}
+                    _ = tokio::time::sleep(ADMISSION_RECHECK) => {
+                        let last = self.last_error.lock().unwrap().clone();
+                        if let Some(e) = last.filter(|_| started.elapsed() >= FAILING_WAIT) {
+                            return Err(TakeError::Failed(anyhow!(
+                                "no worker was ready within {} s (last failure: {e})",
+                                FAILING_WAIT.as_secs()
+                            )));
+                        }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        let last = self.last_error.lock().unwrap().clone();
+                        return Err(match last {
+                            Some(e) => TakeError::Failed(anyhow!(
+                                "no worker was ready within {} s (last failure: {e})",
+                                self.queue_timeout.as_secs_f64()
+                            )),
+                            None => TakeError::Full,
+                        });
+                    }
                 }
             }
         }
     }
 
-    /// Creates a worker in a reserved slot in the background; it joins the idle pool.
+    /// Counts a new user's arrival (for the idle target).
+    fn arrived(&self) {
+        let now = std::time::Instant::now();
+        let mut demand = self.demand.lock().unwrap();
+        demand.arrivals.push_back(now);
+        while demand
+            .arrivals
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > ARRIVAL_WINDOW)
+        {
+            demand.arrivals.pop_front();
+        }
+    }
+
+    /// The idle workers to keep now, from recent arrivals and start times.
+    fn idle_target(&self) -> usize {
+        let demand = self.demand.lock().unwrap();
+        let now = std::time::Instant::now();
+        let recent = (demand.arrivals.iter())
+            .filter(|t| now.duration_since(**t) <= ARRIVAL_WINDOW)
+            .count();
+        idle_target(
+            self.min_idle,
+            self.max_idle,
+            recent,
+            demand.start_time.unwrap_or_default(),
+            demand.arrivals.back().map(|t| now.duration_since(*t)),
+            self.trim_after,
+        )
+    }
+
+    /// Destroys idle workers past the target (newest first: the oldest have
+    /// proven they start), once demand fell.
+    fn trim(self: &Arc<Self>, target: usize) {
+        let extra: Vec<Worker> = {
+            let mut idle = self.idle.lock().unwrap();
+            let keep = target.max(self.min_idle);
+            let n = idle.len().saturating_sub(keep);
+            (0..n).filter_map(|_| idle.pop_back()).collect()
+        };
+        for worker in extra {
+            tracing::info!(worker = worker.id, "demand fell; trimming an idle worker");
+            self.destroy(worker.into_remains());
+        }
+    }
+
+    /// An idle worker if nobody waits, else a place in the queue (at its
+    /// head for a request that already waited its turn).
+    fn queue_up(self: &Arc<Self>, at_head: bool) -> Result<Worker, Place> {
+        let mut waiters = self.waiters.lock().unwrap();
+        waiters.retain(|tx| !tx.is_closed());
+        if waiters.is_empty() {
+            if let Some(worker) = self.idle.lock().unwrap().pop_front() {
+                return Ok(worker);
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        if at_head {
+            waiters.push_front(tx);
+        } else {
+            waiters.push_back(tx);
+        }
+        Err(Place {
+            rx: Some(rx),
+            pool: Arc::clone(self),
+        })
+    }
+
+    /// Gives a ready worker to the oldest waiting request, or to the idle pool.
+    fn hand_out(&self, mut worker: Worker) {
+        let mut waiters = self.waiters.lock().unwrap();
+        while let Some(tx) = waiters.pop_front() {
+            match tx.send(worker) {
+                Ok(()) => return,
+                Err(back) => worker = back, // that request gave up
+            }
+        }
+        self.idle.lock().unwrap().push_back(worker);
+    }
+
+    /// Creates a worker in a reserved slot in the background; it goes to the
+    /// oldest waiting request, or joins the idle pool.
     fn spawn_create(self: &Arc<Self>) -> tokio::task::JoinHandle<Result<()>> {
         let pool = Arc::clone(self);
         tokio::spawn(async move {
             let worker = pool.create().await?;
-            pool.idle.lock().unwrap().push_back(worker);
+            pool.hand_out(worker);
             pool.ready.notify_waiters();
             Ok(())
         })
@@ -195,6 +415,7 @@ impl Pool {
             Metrics::bump(&pool.metrics.workers_destroyed);
             pool.slots_used.fetch_sub(1, Ordering::SeqCst);
             pool.refill.notify_one();
+            pool.ready.notify_waiters(); // room for a waiting request
         });
     }
 
@@ -203,8 +424,17 @@ impl Pool {
             idle: self.idle.lock().unwrap().len(),
             creating: self.creating.load(Ordering::SeqCst),
             alive: self.slots_used.load(Ordering::SeqCst),
-            max_workers: self.max_workers,
+            max_workers: self.policy.max_workers,
             min_idle: self.min_idle,
+            idle_target: self.idle_target(),
+            max_idle: self.max_idle,
+            start_time_ms: (self.demand.lock().unwrap().start_time).map(|t| t.as_millis() as u64),
+            waiting: (self.waiters.lock().unwrap().iter())
+                .filter(|tx| !tx.is_closed())
+                .count(),
+            policy: self.policy,
+            admission_now: self.decide(),
+            last_refusal: self.last_refusal.lock().unwrap().clone(),
             initializing: self.initializing.load(Ordering::SeqCst),
             last_error: self.last_error.lock().unwrap().clone(),
             uids_in_use: self.factory.uids_in_use().0,
@@ -218,8 +448,13 @@ impl Pool {
     pub async fn run_refill(self: Arc<Self>, mut shutdown: shutdown::Listener) {
         let mut failures: u32 = 0;
         while !shutdown.is_shutdown() {
-            let have = self.idle.lock().unwrap().len() + self.creating.load(Ordering::SeqCst);
-            let wanted = self.min_idle.saturating_sub(have);
+            let target = self.idle_target();
+            let idle = self.idle.lock().unwrap().len();
+            if idle > target && self.creating.load(Ordering::SeqCst) == 0 {
+                self.trim(target);
+            }
+            let have = idle + self.creating.load(Ordering::SeqCst);
+            let wanted = target.saturating_sub(have);
             let mut started = Vec::new();
             for _ in 0..wanted {
                 if !self.reserve_slot() {
@@ -233,7 +468,7 @@ impl Pool {
                 self.initializing.store(false, Ordering::SeqCst);
                 tokio::select! {
                     _ = self.refill.notified() => {}
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1).min(self.trim_after / 2)) => {}
                     _ = shutdown.recv() => return,
                 }
                 self.remove_dead_idle();
@@ -286,18 +521,33 @@ impl Pool {
         self.destroy(worker.into_remains());
     }
 
+    /// What the admission policy says now about one more worker.
+    fn decide(&self) -> Decision {
+        capacity::admit(
+            &self.policy,
+            self.slots_used.load(Ordering::SeqCst),
+            self.creating.load(Ordering::SeqCst),
+            self.memory.measure(),
+        )
+    }
+
+    /// Takes a slot for a new worker if the policy admits one. Admissions
+    /// are serialised, so two cannot both take the last room.
     fn reserve_slot(&self) -> bool {
-        self.slots_used
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
-                (used < self.max_workers).then_some(used + 1)
-            })
-            .is_ok()
+        let mut last_refusal = self.last_refusal.lock().unwrap();
+        let decision = self.decide();
+        if !decision.admit {
+            *last_refusal = Some(decision);
+            return false;
+        }
+        self.slots_used.fetch_add(1, Ordering::SeqCst);
+        self.creating.fetch_add(1, Ordering::SeqCst);
+        true
     }
 
     /// Creates a worker in a reserved slot; frees the slot on failure.
-    /// Counts as `creating` from the start, also while waiting for its turn.
+    /// Counts as `creating` from its admission, also while waiting for its turn.
     async fn create(self: &Arc<Self>) -> Result<Worker> {
-        self.creating.fetch_add(1, Ordering::SeqCst);
         let _permit = self
             .parallelism
             .acquire()
@@ -310,10 +560,15 @@ impl Pool {
             Ok(worker) => {
                 self.registry.insert(worker.record());
                 Metrics::bump(&self.metrics.workers_created);
-                self.completed.fetch_add(1, Ordering::SeqCst);
                 *self.last_error.lock().unwrap() = None;
                 let ms = started.elapsed().as_millis() as u64;
                 tracing::info!(worker = worker.id, ms, "worker ready");
+                let took = started.elapsed();
+                let mut demand = self.demand.lock().unwrap();
+                demand.start_time = Some(match demand.start_time {
+                    Some(average) => (average * 3 + took) / 4,
+                    None => took,
+                });
             }
             Err(e) => {
                 Metrics::bump(&self.metrics.worker_start_failures);
@@ -330,15 +585,48 @@ impl Pool {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::capacity::tests::FakeMemory;
     use crate::config::Config;
     use crate::shutdown::Shutdown;
     use crate::worker::fake::FakeHost;
 
-    /// A pool on `host`'s fake runtime (two creations at a time).
+    /// How long a request waits for a worker in the fake pools.
+    pub(crate) const QUEUE_TIMEOUT: Duration = Duration::from_millis(50);
+
+    /// A pool on `host`'s fake runtime (two creations at a time), with
+    /// plenty of fake memory.
     pub(crate) fn fake_pool(host: &FakeHost, min_idle: usize, max_workers: usize) -> Arc<Pool> {
+        fake_pool_with(host, min_idle, max_workers, FakeMemory::mib(64 * 1024))
+    }
+
+    /// A pool on `host`'s fake runtime whose memory figures come from `memory`
+    /// (the reserve is 1024 MiB).
+    pub(crate) fn fake_pool_with(
+        host: &FakeHost,
+        min_idle: usize,
+        max_workers: usize,
+        memory: Arc<FakeMemory>,
+    ) -> Arc<Pool> {
         let registry = Registry::new(host.config.state_dir());
         let metrics = Arc::new(Metrics::default());
-        Pool::new(host.factory(), metrics, registry, min_idle, max_workers, 2)
+        let policy = Policy {
+            max_workers,
+            reserve_bytes: 1024 * 1024 * 1024,
+        };
+        Pool::new(
+            host.factory(),
+            metrics,
+            registry,
+            Settings {
+                min_idle,
+                parallelism: 2,
+                queue_timeout: QUEUE_TIMEOUT,
+                max_idle: min_idle,
+                trim_after: Duration::from_secs(60),
+            },
+            policy,
+            memory,
+        )
     }
 
     /// The registry and the metrics `pool` writes to.
@@ -471,6 +759,165 @@ pub(crate) mod tests {
         shutdown.complete(Duration::from_secs(1)).await;
         assert!(started.elapsed() < Duration::from_millis(500));
         assert!(host.runtime.containers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn memory_not_memory_mb_decides_admission() {
+        let host = FakeHost::new(Config::default());
+        // 1024 MiB reserve; room for one start (64 MiB) and a bit.
+        let memory = FakeMemory::mib(1024 + 100);
+        let pool = fake_pool_with(&host, 0, 64, Arc::clone(&memory));
+        let first = pool.take().await.unwrap();
+        memory.set_mib(1024);
+        assert!(matches!(pool.take().await, Err(TakeError::Full)));
+        let refusal = pool.snapshot().last_refusal.unwrap();
+        assert!(refusal.reason.contains("reserve of 1024 MiB"), "{}", refusal.reason);
+        assert!(!pool.snapshot().admission_now.admit);
+        memory.set_mib(4096);
+        let second = pool.take().await.unwrap();
+        assert_ne!(first.id, second.id);
+        assert_eq!(pool.snapshot().alive, 2);
+        assert!(pool.snapshot().admission_now.admit);
+    }
+
+    /// A pool of at most `max_workers` whose requests wait `queue_timeout`.
+    fn waiting_pool(host: &FakeHost, max_workers: usize, queue_timeout: Duration) -> Arc<Pool> {
+        let registry = Registry::new(host.config.state_dir());
+        let policy = Policy {
+            max_workers,
+            reserve_bytes: 0,
+        };
+        let settings = Settings {
+            min_idle: 0,
+            parallelism: 2,
+            queue_timeout,
+            max_idle: 0,
+            trim_after: Duration::from_secs(60),
+        };
+        let memory = FakeMemory::mib(64 * 1024);
+        Pool::new(host.factory(), Arc::new(Metrics::default()), registry, settings, policy, memory)
+    }
+
+    #[tokio::test]
+    async fn waiting_requests_get_workers_in_arrival_order() {
+        let host = FakeHost::new(Config::default());
+        let pool = waiting_pool(&host, 1, Duration::from_secs(2));
+        let mut holder = pool.take().await.unwrap();
+        let (served, mut order) = tokio::sync::mpsc::unbounded_channel();
+        for n in 0..4 {
+            let (taker, served) = (Arc::clone(&pool), served.clone());
+            tokio::spawn(async move {
+                let worker = taker.take().await.unwrap();
+                served.send((n, worker)).unwrap();
+            });
+            // Each is queued before the next arrives.
+            eventually("queued", || pool.snapshot().waiting == n + 1).await;
+        }
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            // The one slot frees: the oldest waiter gets the next worker.
+            pool.destroy(holder.into_remains());
+            let (n, worker) = order.recv().await.unwrap();
+            seen.push(n);
+            holder = worker;
+        }
+        assert_eq!(seen, [0, 1, 2, 3]);
+        assert_eq!(pool.snapshot().waiting, 0);
+        assert_eq!(host.runtime.runs.load(Ordering::SeqCst), 5, "one worker each");
+    }
+
+    #[tokio::test]
+    async fn a_request_waits_until_the_deadline_and_only_then_hears_full() {
+        let host = FakeHost::new(Config::default());
+        let pool = waiting_pool(&host, 1, Duration::from_millis(200));
+        let _holder = pool.take().await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert!(matches!(pool.take().await, Err(TakeError::Full)));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(200) && waited < Duration::from_millis(400),
+            "{waited:?}"
+        );
+        assert_eq!(pool.snapshot().waiting, 0, "a request that gave up leaves the queue");
+        let refusal = pool.snapshot().last_refusal.unwrap();
+        assert!(refusal.reason.contains("pool.max_workers (1)"), "{}", refusal.reason);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_gave_up_is_skipped() {
+        let host = FakeHost::new(Config::default());
+        let pool = waiting_pool(&host, 1, Duration::from_secs(2));
+        let holder = pool.take().await.unwrap();
+        let quitter = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { pool.take().await.map(|w| w.id) }
+        });
+        eventually("queued", || pool.snapshot().waiting == 1).await;
+        let patient = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { pool.take().await.map(|w| w.id) }
+        });
+        eventually("both queued", || pool.snapshot().waiting == 2).await;
+        quitter.abort();
+        pool.destroy(holder.into_remains());
+        assert!(patient.await.unwrap().is_ok());
+        assert_eq!(pool.snapshot().idle, 0);
+        assert_eq!(pool.snapshot().alive, 1, "no worker lost or made twice");
+    }
+
+    #[test]
+    fn the_idle_target_is_arrival_rate_times_start_time_within_bounds() {
+        let (second, minute) = (Duration::from_secs(1), Duration::from_secs(60));
+        let recent = Some(Duration::from_millis(100));
+        // Quiet: min_idle.
+        assert_eq!(idle_target(2, 8, 0, second, None, minute), 2);
+        // 30 users in 10 s, 1 s starts: 3 arrive during a start.
+        assert_eq!(idle_target(2, 8, 30, second, recent, minute), 3);
+        assert_eq!(idle_target(2, 8, 30, 2 * second, recent, minute), 6);
+        // Bounded above and below.
+        assert_eq!(idle_target(2, 8, 100, 2 * second, recent, minute), 8);
+        assert_eq!(idle_target(2, 8, 1, second, recent, minute), 2);
+        // A minute without arrivals: back to min_idle.
+        assert_eq!(idle_target(2, 8, 30, second, Some(minute), minute), 2);
+        // max_idle below min_idle does not undercut min_idle.
+        assert_eq!(idle_target(3, 1, 0, second, recent, minute), 3);
+    }
+
+    #[tokio::test]
+    async fn the_pool_grows_with_demand_and_trims_back_when_it_falls() {
+        let host = FakeHost::new(Config::default());
+        let registry = Registry::new(host.config.state_dir());
+        let settings = Settings {
+            min_idle: 1,
+            parallelism: 2,
+            queue_timeout: QUEUE_TIMEOUT,
+            max_idle: 4,
+            trim_after: Duration::from_millis(150),
+        };
+        let policy = Policy {
+            max_workers: 20,
+            reserve_bytes: 0,
+        };
+        let memory = FakeMemory::mib(64 * 1024);
+        let pool = Pool::new(host.factory(), Arc::new(Metrics::default()), registry, settings, policy, memory);
+        let mut shutdown = Shutdown::new();
+        shutdown.spawn(|stop| Arc::clone(&pool).run_refill(stop));
+        eventually("min_idle ready", || pool.snapshot().idle == 1).await;
+        // Real workers take seconds to start; the fake ones, milliseconds,
+        // which pull the moving average down by a quarter each: start high.
+        pool.demand.lock().unwrap().start_time = Some(Duration::from_secs(1000));
+        let mut taken = Vec::new();
+        for _ in 0..6 {
+            taken.push(pool.take().await.unwrap());
+        }
+        // 6 arrivals in 10 s × minutes-long starts, bounded by max_idle.
+        assert_eq!(pool.snapshot().idle_target, 4);
+        eventually("grown to max_idle", || pool.snapshot().idle == 4).await;
+        // No arrivals for trim_after: back to min_idle, the rest destroyed.
+        eventually("trimmed", || pool.snapshot().idle == 1 && pool.snapshot().alive == 7).await;
+        assert_eq!(pool.snapshot().idle_target, 1);
+        assert_eq!(host.runtime.containers().len(), 7);
+        shutdown.complete(Duration::from_secs(1)).await;
     }
 
     #[test]

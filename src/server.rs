@@ -16,12 +16,13 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api::{self, AppState};
 use crate::auth::Token;
+use crate::capacity::{HostMemory, Policy};
 use crate::config::Config;
 use crate::front;
 use crate::host::{CgroupSupport, HostInfo};
 use crate::kernel::OutputLimits;
 use crate::metrics::Metrics;
-use crate::pool::Pool;
+use crate::pool::{Pool, Settings};
 use crate::sessions::{Expiry, Sessions};
 use crate::shutdown::Shutdown;
 use crate::state::{unix_now, Registry, WorkerRecord};
@@ -32,6 +33,8 @@ use crate::worker::{Worker, WorkerFactory};
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 /// How long the background loops may take to return once the shutdown began.
 const LOOPS_MARGIN: Duration = Duration::from_secs(5);
+/// Without a new user this long, extra idle workers are trimmed to `min_idle`.
+const IDLE_TRIM_AFTER: Duration = Duration::from_secs(60);
 /// How long start-up waits for the Podman socket to answer.
 const PODMAN_WAIT: Duration = Duration::from_secs(30);
 
@@ -42,13 +45,16 @@ pub async fn run(config: Config) -> Result<()> {
     let (podman_version, cgroups, mapped_uids) = wait_for_podman(&podman, &config).await;
     check_uid_range(&config, mapped_uids.as_deref())?;
     let host = HostInfo::detect(cgroups.clone());
-    let host_capacity = host.capacity(config.limits.memory_mb);
-    // One sandbox uid per worker: never more workers than uids.
-    let max_workers = match config.pool.max_workers {
-        0 => host_capacity,
-        configured => configured.min(host_capacity),
-    }
-    .min(config.worker.uid_count as usize);
+    // One sandbox uid per worker: never more workers than uids. Memory is
+    // checked at each admission (capacity.rs), not divided up here.
+    let max_workers = config
+        .pool
+        .max_workers
+        .min(config.worker.uid_count as usize);
+    let policy = Policy {
+        max_workers,
+        reserve_bytes: config.pool.memory_reserve_mb * 1024 * 1024,
+    };
     let factory = Arc::new(WorkerFactory::new(
         Arc::new(podman),
         Arc::clone(&config),
@@ -62,9 +68,15 @@ pub async fn run(config: Config) -> Result<()> {
         Arc::clone(&factory),
         Arc::clone(&metrics),
         Arc::clone(&registry),
-        config.pool.min_idle,
-        max_workers,
-        config.pool.create_parallelism,
+        Settings {
+            min_idle: config.pool.min_idle,
+            parallelism: config.pool.create_parallelism,
+            queue_timeout: Duration::from_secs_f64(config.pool.queue_timeout_secs),
+            max_idle: config.pool.max_idle,
+            trim_after: IDLE_TRIM_AFTER,
+        },
+        policy,
+        Arc::new(HostMemory),
     );
     let sessions = Arc::new(Sessions::new(
         Arc::clone(&pool),
@@ -291,11 +303,13 @@ fn log_limits(config: &Config, host: &HostInfo, max_workers: usize) {
         }
     };
     tracing::info!(
-        "host: {} MiB memory, {} cpus, cgroup {} ({}); capacity {max_workers} workers, {} kept warm",
+        "host: {} MiB memory, {} cpus, cgroup {} ({}); at most {max_workers} workers, admitted \
+         while available memory stays above {} MiB; {} kept warm",
         host.total_memory_bytes / (1024 * 1024),
         host.cpus,
         host.cgroups.version,
         if host.cgroups.rootless { "rootless" } else { "rootful" },
+        config.pool.memory_reserve_mb,
         config.pool.min_idle,
     );
     tracing::info!(

@@ -212,6 +212,7 @@ async fn a_full_gateway_answers_503_then_recovers() {
     let gw = Gateway::start(Options {
         min_idle: 0,
         max_workers: 2,
+        queue_timeout_secs: 2.0,
         ..Options::default()
     })
     .await;

@@ -357,6 +357,8 @@ async fn the_document_is_true() {
     let gw = Gateway::start(Options {
         min_idle: 1,
         max_workers: 1,
+        // The "full" examples: a newcomer waits this long for the one slot.
+        queue_timeout_secs: 1.0,
         extra: "[limits]\ndisk_mb = 16\n".into(),
         ..Options::default()
     })

@@ -278,9 +278,18 @@ pub(crate) fn test_state_with(edit: impl FnOnce(&mut Config)) -> (Arc<AppState>,
         factory,
         Arc::clone(&metrics),
         Arc::clone(&registry),
-        0,
-        1,
-        1,
+        crate::pool::Settings {
+            min_idle: 0,
+            parallelism: 1,
+            queue_timeout: std::time::Duration::from_millis(100),
+            max_idle: 0,
+            trim_after: std::time::Duration::from_secs(60),
+        },
+        crate::capacity::Policy {
+            max_workers: 1,
+            reserve_bytes: 0,
+        },
+        Arc::new(crate::capacity::HostMemory),
     );
     let expiry = crate::sessions::Expiry {
         idle_timeout: std::time::Duration::from_secs(60),

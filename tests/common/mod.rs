@@ -123,6 +123,8 @@ pub struct Options {
     pub min_idle: usize,
     pub max_workers: usize,
     pub timeout_secs: f64,
+    /// How long a new user waits for a worker before 503 (`pool.queue_timeout_secs`).
+    pub queue_timeout_secs: f64,
     /// Extra TOML appended to the generated config.
     pub extra: String,
     /// Extra TOML lines inside `[server]` (the listen address is the harness's).
@@ -137,6 +139,7 @@ impl Default for Options {
             min_idle: 1,
             max_workers: 4,
             timeout_secs: 20.0,
+            queue_timeout_secs: 30.0,
             extra: String::new(),
             server: String::new(),
             svc: None,
@@ -236,10 +239,14 @@ impl Gateway {
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n{}\
              [paths]\nruntime_dir = \"{runtime_dir}\"\nstate_dir = \"{runtime_dir}-state\"\n{socket}\
-             [pool]\nmin_idle = {}\nmax_workers = {}\n\
+             [pool]\nmin_idle = {}\nmax_workers = {}\nqueue_timeout_secs = {:?}\n\
              [execution]\ntimeout_secs = {}\n{}",
             options.server,
-            options.min_idle, options.max_workers, options.timeout_secs, options.extra
+            options.min_idle,
+            options.max_workers,
+            options.queue_timeout_secs,
+            options.timeout_secs,
+            options.extra
         );
         let config_path = scratch.join("config.toml");
         fs::write(&config_path, config).unwrap();
