@@ -60,7 +60,13 @@ pub fn admit(policy: &Policy, workers: usize, starting: usize, memory: MemoryFig
     let soon_used = (starting as u64 + 1) * STARTING_WORKER_BYTES;
     let left = memory.available_bytes.saturating_sub(soon_used);
     let (admit, reason) = if workers >= policy.max_workers {
-        (false, format!("{workers} workers reach pool.max_workers ({})", policy.max_workers))
+        (
+            false,
+            format!(
+                "{workers} workers reach pool.max_workers ({})",
+                policy.max_workers
+            ),
+        )
     } else if left <= policy.reserve_bytes {
         (
             false,
@@ -222,7 +228,11 @@ pub(crate) mod tests {
             "v1 unlimited"
         );
         assert_eq!(
-            cgroup_room(&format!("{}\n", 2048 * MIB), &format!("{}\n", 512 * MIB), total),
+            cgroup_room(
+                &format!("{}\n", 2048 * MIB),
+                &format!("{}\n", 512 * MIB),
+                total
+            ),
             Some(1536 * MIB)
         );
         assert_eq!(cgroup_room("100", "200", total), Some(0));

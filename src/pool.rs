@@ -95,7 +95,9 @@ impl Place {
 
     /// True when a worker waits in this place (or none can come any more).
     fn is_served(&self) -> bool {
-        self.rx.as_ref().is_none_or(|rx| !rx.is_empty() || rx.is_terminated())
+        self.rx
+            .as_ref()
+            .is_none_or(|rx| !rx.is_empty() || rx.is_terminated())
     }
 }
 
@@ -771,7 +773,11 @@ pub(crate) mod tests {
         memory.set_mib(1024);
         assert!(matches!(pool.take().await, Err(TakeError::Full)));
         let refusal = pool.snapshot().last_refusal.unwrap();
-        assert!(refusal.reason.contains("reserve of 1024 MiB"), "{}", refusal.reason);
+        assert!(
+            refusal.reason.contains("reserve of 1024 MiB"),
+            "{}",
+            refusal.reason
+        );
         assert!(!pool.snapshot().admission_now.admit);
         memory.set_mib(4096);
         let second = pool.take().await.unwrap();
@@ -795,7 +801,14 @@ pub(crate) mod tests {
             trim_after: Duration::from_secs(60),
         };
         let memory = FakeMemory::mib(64 * 1024);
-        Pool::new(host.factory(), Arc::new(Metrics::default()), registry, settings, policy, memory)
+        Pool::new(
+            host.factory(),
+            Arc::new(Metrics::default()),
+            registry,
+            settings,
+            policy,
+            memory,
+        )
     }
 
     #[tokio::test]
@@ -823,7 +836,11 @@ pub(crate) mod tests {
         }
         assert_eq!(seen, [0, 1, 2, 3]);
         assert_eq!(pool.snapshot().waiting, 0);
-        assert_eq!(host.runtime.runs.load(Ordering::SeqCst), 5, "one worker each");
+        assert_eq!(
+            host.runtime.runs.load(Ordering::SeqCst),
+            5,
+            "one worker each"
+        );
     }
 
     #[tokio::test]
@@ -838,9 +855,17 @@ pub(crate) mod tests {
             waited >= Duration::from_millis(200) && waited < Duration::from_millis(400),
             "{waited:?}"
         );
-        assert_eq!(pool.snapshot().waiting, 0, "a request that gave up leaves the queue");
+        assert_eq!(
+            pool.snapshot().waiting,
+            0,
+            "a request that gave up leaves the queue"
+        );
         let refusal = pool.snapshot().last_refusal.unwrap();
-        assert!(refusal.reason.contains("pool.max_workers (1)"), "{}", refusal.reason);
+        assert!(
+            refusal.reason.contains("pool.max_workers (1)"),
+            "{}",
+            refusal.reason
+        );
     }
 
     #[tokio::test]
@@ -899,7 +924,14 @@ pub(crate) mod tests {
             reserve_bytes: 0,
         };
         let memory = FakeMemory::mib(64 * 1024);
-        let pool = Pool::new(host.factory(), Arc::new(Metrics::default()), registry, settings, policy, memory);
+        let pool = Pool::new(
+            host.factory(),
+            Arc::new(Metrics::default()),
+            registry,
+            settings,
+            policy,
+            memory,
+        );
         let mut shutdown = Shutdown::new();
         shutdown.spawn(|stop| Arc::clone(&pool).run_refill(stop));
         eventually("min_idle ready", || pool.snapshot().idle == 1).await;
@@ -914,7 +946,10 @@ pub(crate) mod tests {
         assert_eq!(pool.snapshot().idle_target, 4);
         eventually("grown to max_idle", || pool.snapshot().idle == 4).await;
         // No arrivals for trim_after: back to min_idle, the rest destroyed.
-        eventually("trimmed", || pool.snapshot().idle == 1 && pool.snapshot().alive == 7).await;
+        eventually("trimmed", || {
+            pool.snapshot().idle == 1 && pool.snapshot().alive == 7
+        })
+        .await;
         assert_eq!(pool.snapshot().idle_target, 1);
         assert_eq!(host.runtime.containers().len(), 7);
         shutdown.complete(Duration::from_secs(1)).await;

@@ -308,7 +308,11 @@ fn log_limits(config: &Config, host: &HostInfo, max_workers: usize) {
         host.total_memory_bytes / (1024 * 1024),
         host.cpus,
         host.cgroups.version,
-        if host.cgroups.rootless { "rootless" } else { "rootful" },
+        if host.cgroups.rootless {
+            "rootless"
+        } else {
+            "rootful"
+        },
         config.pool.memory_reserve_mb,
         config.pool.min_idle,
     );

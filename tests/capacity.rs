@@ -106,7 +106,10 @@ async fn a_503_comes_only_when_capacity_is_exhausted_and_after_the_deadline() {
         .await
         .unwrap();
     let waited = asked.elapsed();
-    eprintln!("a full gateway answered {} after {waited:?}", response.status());
+    eprintln!(
+        "a full gateway answered {} after {waited:?}",
+        response.status()
+    );
     assert_eq!(response.status(), 503);
     assert!(response.headers().contains_key("retry-after"));
     assert!(
@@ -114,7 +117,9 @@ async fn a_503_comes_only_when_capacity_is_exhausted_and_after_the_deadline() {
         "{waited:?}"
     );
     let status = gw.status().await;
-    let refusal = status["capacity"]["last_refusal"].as_str().unwrap_or_default();
+    let refusal = status["capacity"]["last_refusal"]
+        .as_str()
+        .unwrap_or_default();
     assert!(refusal.contains("pool.max_workers (2)"), "{status}");
     assert_eq!(status["sessions"], 2, "a refused user holds no session");
     // Capacity that comes back while a user waits serves it: no 503.
