@@ -122,6 +122,11 @@ async fn a_503_comes_only_when_capacity_is_exhausted_and_after_the_deadline() {
         .unwrap_or_default();
     assert!(refusal.contains("pool.max_workers (2)"), "{status}");
     assert_eq!(status["sessions"], 2, "a refused user holds no session");
+    // Existing users are unaffected.
+    assert_eq!(
+        gw.run("first", "print('fine')").await["result_text"],
+        "fine\n"
+    );
     // Capacity that comes back while a user waits serves it: no 503.
     let waiting = tokio::spawn({
         let (http, url, token) = (gw.http().clone(), gw.url.clone(), gw.token.clone());
