@@ -64,9 +64,12 @@ start() {
 	write_config
 	if ! rootful_ping; then
 		log "rootful podman: starting a private service on $ROOTFUL_SOCK"
-		setsid sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$ROOTFUL_PIDFILE" \
+		# From its own directory: conmon writes a file named "oom" into its
+		# working directory when a container is OOM-killed (the cgroup test
+		# does that on purpose), which from the checkout left a stray ./oom.
+		(cd "$ROOTFUL_DIR" && setsid sh -c 'echo $$ >"$1"; shift; exec "$@"' sh "$ROOTFUL_PIDFILE" \
 			podman system service --time=0 "unix://$ROOTFUL_SOCK" \
-			</dev/null >>"$ROOTFUL_DIR/service.log" 2>&1 &
+			</dev/null >>"$ROOTFUL_DIR/service.log" 2>&1 &)
 		wait_for 15 rootful_ping || die "rootful podman service did not answer; see $ROOTFUL_DIR/service.log"
 	fi
 	copy_worker_image
