@@ -13,17 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use super::connection::{ConnectionInfo, CONTROL, HEARTBEAT, IOPUB, SHELL, STDIN};
-
-const DELIMITER: &[u8] = b"<IDS|MSG>";
+use super::connection::{ConnectionInfo, HEARTBEAT, IOPUB, PORTS, SHELL};
+use super::wire::{Codec, DELIMITER};
+use super::zmtp;
 
 /// A running fake kernel; dropping it ends it (every socket closes).
 pub struct FakeKernel {
@@ -40,7 +38,8 @@ impl Drop for FakeKernel {
 
 /// What the tasks of one fake kernel share.
 struct Shared {
-    key: Vec<u8>,
+    /// Signs with the kernel's key.
+    codec: Codec,
     /// Connected IOPub subscribers.
     subscribers: tokio::sync::Mutex<Vec<OwnedWriteHalf>>,
     executed: Arc<Mutex<Vec<String>>>,
@@ -60,13 +59,13 @@ impl FakeKernel {
         let exit = Arc::new(exit);
         let executed = Arc::new(Mutex::new(Vec::new()));
         let shared = Arc::new(Shared {
-            key: key.as_bytes().to_vec(),
+            codec: Codec::new(key),
             subscribers: tokio::sync::Mutex::new(Vec::new()),
             executed: Arc::clone(&executed),
             exit: Arc::clone(&exit),
             count: Mutex::new(0),
         });
-        for port in [SHELL, IOPUB, STDIN, CONTROL, HEARTBEAT] {
+        for port in PORTS {
             let listener =
                 UnixListener::bind(info.socket_path(port)).expect("binding a fake socket");
             let shared = Arc::clone(&shared);
@@ -178,7 +177,7 @@ async fn answer(shared: &Shared, shell: &mut OwnedWriteHalf, request: &[Bytes]) 
         }
         _ => return Some(()),
     };
-    send(shell, &sign(&shared.key, reply.0, &header, reply.1)).await?;
+    send(shell, &sign(&shared.codec, reply.0, &header, reply.1)).await?;
     publish(
         shared,
         &header,
@@ -191,7 +190,7 @@ async fn answer(shared: &Shared, shell: &mut OwnedWriteHalf, request: &[Bytes]) 
 
 /// Publishes a message on IOPub to every subscriber.
 async fn publish(shared: &Shared, parent: &Value, msg_type: &str, content: Value) {
-    let message = sign(&shared.key, msg_type, parent, content);
+    let message = sign(&shared.codec, msg_type, parent, content);
     let mut subscribers = shared.subscribers.lock().await;
     let mut alive = Vec::new();
     for mut subscriber in subscribers.drain(..) {
@@ -203,7 +202,7 @@ async fn publish(shared: &Shared, parent: &Value, msg_type: &str, content: Value
 }
 
 /// A signed message answering `parent`.
-fn sign(key: &[u8], msg_type: &str, parent: &Value, content: Value) -> Vec<Bytes> {
+fn sign(codec: &Codec, msg_type: &str, parent: &Value, content: Value) -> Vec<Bytes> {
     let header = json!({
         "msg_id": crate::random::hex(16),
         "session": "fake",
@@ -211,42 +210,16 @@ fn sign(key: &[u8], msg_type: &str, parent: &Value, content: Value) -> Vec<Bytes
         "msg_type": msg_type,
         "version": "5.3",
     });
-    let parts = [
-        Bytes::from(header.to_string()),
-        Bytes::from(parent.to_string()),
-        Bytes::from_static(b"{}"),
-        Bytes::from(content.to_string()),
-    ];
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
-    for part in &parts {
-        mac.update(part);
-    }
-    let signature = hex::encode(mac.finalize().into_bytes());
-    let mut frames = vec![Bytes::from_static(DELIMITER), Bytes::from(signature)];
-    frames.extend(parts);
-    frames
+    codec.sign(&header, parent, &content)
 }
 
 /// The server's side of the ZMTP 3.0 NULL handshake, as a `kind` socket.
 async fn handshake(stream: UnixStream, kind: &[u8]) -> Option<(OwnedReadHalf, OwnedWriteHalf)> {
     let (mut read, mut write) = stream.into_split();
-    let mut greeting = [0u8; 64];
-    greeting[0] = 0xFF;
-    greeting[9] = 0x7F;
-    greeting[10] = 3;
-    greeting[12..16].copy_from_slice(b"NULL");
-    write.write_all(&greeting).await.ok()?;
+    write.write_all(&zmtp::greeting()).await.ok()?;
     let mut theirs = [0u8; 64];
     read.read_exact(&mut theirs).await.ok()?;
-    let mut body = vec![5];
-    body.extend_from_slice(b"READY");
-    body.push(11);
-    body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&(kind.len() as u32).to_be_bytes());
-    body.extend_from_slice(kind);
-    let mut ready = vec![0x04, body.len() as u8];
-    ready.extend_from_slice(&body);
-    write.write_all(&ready).await.ok()?;
+    write.write_all(&zmtp::ready_command(kind)).await.ok()?;
     read_frame(&mut read).await?; // the peer's READY
     Some((read, write))
 }
@@ -280,18 +253,7 @@ async fn read_message(read: &mut OwnedReadHalf) -> Option<Vec<Bytes>> {
 }
 
 async fn send(write: &mut OwnedWriteHalf, parts: &[Bytes]) -> Option<()> {
-    let mut out = Vec::new();
-    for (i, part) in parts.iter().enumerate() {
-        let more = u8::from(i + 1 < parts.len());
-        if part.len() <= 255 {
-            out.extend_from_slice(&[more, part.len() as u8]);
-        } else {
-            out.push(more | 0x02);
-            out.extend_from_slice(&(part.len() as u64).to_be_bytes());
-        }
-        out.extend_from_slice(part);
-    }
-    write.write_all(&out).await.ok()
+    write.write_all(&zmtp::encode(parts)).await.ok()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use sha2::Sha256;
 
 use crate::random;
 
-const DELIMITER: &[u8] = b"<IDS|MSG>";
+pub(crate) const DELIMITER: &[u8] = b"<IDS|MSG>";
 const PROTOCOL_VERSION: &str = "5.3";
 /// Largest header or parent header accepted (ours are about 200 bytes).
 const MAX_HEADER: usize = 64 * 1024;
@@ -71,9 +71,15 @@ impl Codec {
             "msg_type": msg_type,
             "version": PROTOCOL_VERSION,
         });
+        (msg_id, self.sign(&header, &json!({}), &content))
+    }
+
+    /// The frames of a message: delimiter, signature, then header, parent
+    /// header, empty metadata and content (the fake kernel answers with it too).
+    pub(crate) fn sign(&self, header: &Value, parent: &Value, content: &Value) -> Vec<Bytes> {
         let parts: [Bytes; 4] = [
             Bytes::from(header.to_string()),
-            Bytes::from_static(b"{}"),
+            Bytes::from(parent.to_string()),
             Bytes::from_static(b"{}"),
             Bytes::from(content.to_string()),
         ];
@@ -84,7 +90,7 @@ impl Codec {
         let signature = hex::encode(mac.finalize().into_bytes());
         let mut frames = vec![Bytes::from_static(DELIMITER), Bytes::from(signature)];
         frames.extend(parts);
-        (msg_id, frames)
+        frames
     }
 
     /// Parses and verifies a message received on any channel. Every error

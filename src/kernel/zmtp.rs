@@ -117,7 +117,7 @@ pub async fn connect(
     let mut writer = Writer { write };
     writer.write_raw(&greeting()).await?;
     reader.read_greeting().await?;
-    writer.write_raw(&ready_command(kind)).await?;
+    writer.write_raw(&ready_command(kind.name())).await?;
     reader.read_ready(kind).await?;
     if kind == SocketType::Sub {
         // ZMTP 3.0 subscribes with a message: 0x01 and the topic prefix (all).
@@ -126,8 +126,8 @@ pub async fn connect(
     Ok((reader, writer))
 }
 
-/// Our greeting: signature, version 3.0, mechanism NULL, as client.
-fn greeting() -> [u8; 64] {
+/// A greeting: signature, version 3.0, mechanism NULL (also the fake kernel's).
+pub(crate) fn greeting() -> [u8; 64] {
     let mut g = [0u8; 64];
     g[0] = 0xFF;
     g[8] = 0x01;
@@ -138,19 +138,37 @@ fn greeting() -> [u8; 64] {
     g
 }
 
-/// The NULL mechanism's READY command with our socket type.
-fn ready_command(kind: SocketType) -> Vec<u8> {
+/// The NULL mechanism's READY command naming `socket_type` (e.g. `b"DEALER"`).
+pub(crate) fn ready_command(socket_type: &[u8]) -> Vec<u8> {
     let mut body = Vec::new();
     body.push(5);
     body.extend_from_slice(b"READY");
     let name = b"Socket-Type";
     body.push(name.len() as u8);
     body.extend_from_slice(name);
-    body.extend_from_slice(&(kind.name().len() as u32).to_be_bytes());
-    body.extend_from_slice(kind.name());
+    body.extend_from_slice(&(socket_type.len() as u32).to_be_bytes());
+    body.extend_from_slice(socket_type);
     let mut frame = vec![FLAG_COMMAND, body.len() as u8];
     frame.extend_from_slice(&body);
     frame
+}
+
+/// One multipart message as frames on the wire.
+pub(crate) fn encode(parts: &[Bytes]) -> BytesMut {
+    let total: usize = parts.iter().map(|p| p.len() + 9).sum();
+    let mut out = BytesMut::with_capacity(total);
+    for (i, part) in parts.iter().enumerate() {
+        let more = if i + 1 < parts.len() { FLAG_MORE } else { 0 };
+        if part.len() <= 255 {
+            out.put_u8(more);
+            out.put_u8(part.len() as u8);
+        } else {
+            out.put_u8(more | FLAG_LONG);
+            out.put_u64(part.len() as u64);
+        }
+        out.put_slice(part);
+    }
+    out
 }
 
 /// The sending half.
@@ -161,20 +179,7 @@ pub struct Writer {
 impl Writer {
     /// Sends one multipart message.
     pub async fn send(&mut self, parts: &[Bytes]) -> Result<(), WireError> {
-        let total: usize = parts.iter().map(|p| p.len() + 9).sum();
-        let mut out = BytesMut::with_capacity(total);
-        for (i, part) in parts.iter().enumerate() {
-            let more = if i + 1 < parts.len() { FLAG_MORE } else { 0 };
-            if part.len() <= 255 {
-                out.put_u8(more);
-                out.put_u8(part.len() as u8);
-            } else {
-                out.put_u8(more | FLAG_LONG);
-                out.put_u64(part.len() as u64);
-            }
-            out.put_slice(part);
-        }
-        self.write_raw(&out).await
+        self.write_raw(&encode(parts)).await
     }
 
     async fn write_raw(&mut self, bytes: &[u8]) -> Result<(), WireError> {
@@ -482,8 +487,7 @@ mod tests {
         let peer = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut g = greeting();
-            g[10] = 3;
-            g[11] = 1;
+            g[11] = 1; // a ZMTP 3.1 peer, as libzmq 4.3 is
             s.write_all(&g).await.unwrap();
             let mut theirs = [0u8; 64];
             s.read_exact(&mut theirs).await.unwrap();
@@ -492,15 +496,7 @@ mod tests {
             } else {
                 b"ROUTER"
             };
-            let mut body = vec![5];
-            body.extend_from_slice(b"READY");
-            body.push(11);
-            body.extend_from_slice(b"Socket-Type");
-            body.extend_from_slice(&(peer_type.len() as u32).to_be_bytes());
-            body.extend_from_slice(peer_type);
-            let mut frame = vec![FLAG_COMMAND, body.len() as u8];
-            frame.extend_from_slice(&body);
-            s.write_all(&frame).await.unwrap();
+            s.write_all(&ready_command(peer_type)).await.unwrap();
             let mut hdr = [0u8; 2];
             s.read_exact(&mut hdr).await.unwrap();
             let mut their_ready = vec![0u8; hdr[1] as usize];
