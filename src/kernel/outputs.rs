@@ -207,7 +207,7 @@ impl Execution {
         } else {
             // Keep the head of an oversized stream; drop anything else whole.
             match &mut output {
-                Output::Stream { text, .. } => {
+                Output::Stream { name, text } => {
                     let full = text.len();
                     let per_byte = if self.streaming { 3 } else { 2 };
                     let mut cut = room / per_byte;
@@ -217,7 +217,7 @@ impl Execution {
                             cut -= 1;
                         }
                         text.truncate(cut);
-                        let cost = charge(&output_of(text), self.streaming);
+                        let cost = charge(&stream_of(name, text), self.streaming);
                         if cost <= room || cut == 0 {
                             break;
                         }
@@ -337,10 +337,11 @@ impl Execution {
     }
 }
 
-/// A stand-in stream output with `text`, to price a cut (the name costs the same).
-fn output_of(text: &str) -> Output {
+/// A copy of a stream output, to price a cut before making it (the name
+/// counts too: a worker chooses it, and it may be long).
+fn stream_of(name: &str, text: &str) -> Output {
     Output::Stream {
-        name: "stdout".into(),
+        name: name.to_string(),
         text: text.to_string(),
     }
 }
@@ -557,6 +558,24 @@ mod tests {
                 "streaming {streaming}: body {size} > cap {cap}"
             );
             assert!(ex.truncated());
+        }
+    }
+
+    #[test]
+    fn a_cut_stream_with_a_long_name_stays_within_the_cap() {
+        let cap = ENVELOPE + 64 * 1024;
+        for streaming in [false, true] {
+            let mut ex = Execution::new(cap, streaming);
+            let name = "n".repeat(16 * 1024);
+            let text = "t".repeat(256 * 1024);
+            absorb(&mut ex, "stream", json!({"name": name, "text": text}));
+            assert!(ex.truncated());
+            assert_eq!(ex.outputs.len(), 1, "the head is kept");
+            assert!(
+                ex.charged <= cap - ENVELOPE,
+                "streaming {streaming}: {}",
+                ex.charged
+            );
         }
     }
 
