@@ -474,7 +474,7 @@ fn forged(what: &str) -> ExecuteError {
 fn spend(left: u64, size: u64) -> Result<u64, WireError> {
     left.checked_sub(size).ok_or_else(|| {
         WireError::Violation(format!(
-            "it sent more output than it may, past the cap ({size} bytes more than allowed)"
+            "it flooded: a {size}-byte message when only {left} more bytes past the cap were allowed"
         ))
     })
 }
