@@ -11,7 +11,12 @@
 #    the original's think time (0.1-0.5 s), then measures the idle workers'
 #    memory, and the cold start of each worker from the gateway's log.
 #
-# Usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [-- extra bench args]
+# 4. With --default-service instead: issue 14's figures against a gateway with
+#    the shipped [pool] defaults (bursts of 30 and 100 new users, the
+#    original's workload with sessions created inside the run, the cold-start
+#    profile, first import pandas and plot, idle memory), then with preload.
+#
+# Usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [--default-service] [-- extra bench args]
 #        scripts/bench.sh --venv-only   (step 1 only)
 # Env: BENCH_USERS (30), BENCH_REQUESTS (100), BENCH_SCENARIO (mixed), BENCH_PORT (3875).
 # Needs the host prepared by scripts/start.sh --no-start (Podman, worker image).
@@ -26,8 +31,9 @@ PORT=${BENCH_PORT:-3875}
 VENV=${CODE_INTERPRETER_BENCH_VENV:-$BASE_CACHE_DIR/bench-venv}
 INSTANCE=bench
 LOCK=$REPO/containerfiles/worker/requirements.lock
-# The bench gateway's pid, scratch and runtime directories (globals: the EXIT trap uses them).
-pid="" scratch="" run_dir=""
+# The bench gateway's pid, scratch and runtime directories (globals: the EXIT
+# trap uses them), the bench binary, the token and extra bench arguments.
+pid="" scratch="" run_dir="" bin="" token="" extra=()
 
 # ensure_venv: the baseline's Python, pinned to the worker image's lock.
 ensure_venv() {
@@ -79,69 +85,101 @@ cold_starts() {
 			NR, v[int((NR + 1) / 2)], v[int(NR * 0.95 + 0.999)], v[NR] }'
 }
 
+# start_gateway POOL_TOML MEMORY_MB: a dedicated bench gateway (instance
+# "bench", port $PORT) with these [pool] lines (empty: the shipped defaults);
+# sets pid, scratch and run_dir; stop_gateway (or the EXIT trap) removes it.
+start_gateway() {
+	local pool=$1 memory=${2:-}
+	svc_exists || die "no service user $SVC_USER: run scripts/start.sh --no-start first"
+	podman_ping || die "the Podman socket $PODMAN_SOCK does not answer: run scripts/start.sh --no-start"
+	scratch=$(mktemp -d /tmp/ci-bench.XXXXXX)
+	chmod 755 "$scratch"
+	chown "$SVC_UID:$SVC_GID" "$scratch"
+	run_dir=$SVC_RUNTIME/code-interpreter-$INSTANCE
+	cp "$bin" "$scratch/code-interpreter"
+	{
+		printf '[server]\nlisten = "127.0.0.1:%s"\n' "$PORT"
+		printf '[paths]\nruntime_dir = "%s"\nstate_dir = "%s-state"\n' "$run_dir" "$run_dir"
+		printf '[worker]\ninstance = "%s"\n' "$INSTANCE"
+		[[ -n $memory ]] && printf '[limits]\nmemory_mb = %s\n' "$memory"
+		printf '[pool]\n%s\n' "$pool"
+	} >"$scratch/config.toml"
+	chmod 644 "$scratch/config.toml"
+	trap stop_gateway EXIT
+	SVC_ENV+=(CODE_INTERPRETER_TOKEN="$token" RUST_LOG=info)
+	svc_daemon "$scratch/gateway.pid" "$scratch/gateway.log" \
+		"$scratch/code-interpreter" serve --config "$scratch/config.toml"
+	wait_for 10 test -s "$scratch/gateway.pid" || die "the bench gateway did not start"
+	pid=$(<"$scratch/gateway.pid")
+	wait_for 30 curl -fs "http://127.0.0.1:$PORT/health" -o /dev/null ||
+		die "the bench gateway is not healthy: $(cat "$scratch/gateway.log")"
+	log "bench gateway: pid $pid at http://127.0.0.1:$PORT, [pool] ${pool:-(shipped defaults)}"
+}
+
+stop_gateway() {
+	if [[ -n ${pid:-} ]] && kill -TERM "$pid" 2>/dev/null; then
+		wait_for 30 proc_gone "$pid" || warn "the bench gateway (pid $pid) is still running"
+	fi
+	pid=""
+	local ids
+	mapfile -t ids < <(svc_podman ps -aq --filter "label=io.code-interpreter.instance=$INSTANCE")
+	((${#ids[@]})) && svc_podman rm -f -t 0 "${ids[@]}" >/dev/null
+	[[ -n ${run_dir:-} ]] && svc_run rm -rf "$run_dir" "$run_dir-state"
+	[[ -n ${scratch:-} ]] && rm -rf "$scratch"
+	scratch=""
+}
+
+# measure_default_service: issue 14's figures against the pool as shipped
+# (config.toml's [pool] defaults): bursts of 30 and 100 new users, the
+# original's workload with its sessions created inside the run, quiet cold
+# starts and their phases, a new session's first import pandas and plot,
+# and the idle workers' memory; then the same first steps and memory with
+# pool.preload = ["numpy", "pandas", "matplotlib.pyplot"].
+measure_default_service() {
+	local url=http://127.0.0.1:$PORT
+	log "== default service: bursts, cold starts, first imports (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+	"$bin" bench --url "$url" --no-workload --burst 30 --burst 100 --new-users 20 --first-imports 5 "${extra[@]}"
+	worker_memory
+	log "== default service: the original's workload, sessions created inside the run"
+	"$bin" bench --url "$url" --no-wait --users 30 --requests 100 --think 0.1 0.5 --new-users 0 \
+		--gateway-pid "$pid" "${extra[@]}"
+	stop_gateway
+	start_gateway 'preload = ["numpy", "pandas", "matplotlib.pyplot"]'
+	log "== pool.preload = numpy, pandas, matplotlib.pyplot: first imports"
+	"$bin" bench --url "$url" --no-workload --new-users 0 --first-imports 5 "${extra[@]}"
+	worker_memory
+}
+
 main() {
-	local url="" plot="" json="" extra=()
+	local url="" plot="" json="" default_service=0
 	while (($#)); do
 		case $1 in
 		--url) url=$2; shift ;;
 		--plot) plot=$2; shift ;;
 		--json) json=$2; shift ;;
 		--venv-only) ensure_venv; return ;;
+		--default-service) default_service=1 ;;
 		--) shift; extra=("$@"); break ;;
-		*) die "unknown argument $1 (usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [-- bench args])" ;;
+		*) die "unknown argument $1 (usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [--default-service] [-- bench args])" ;;
 		esac
 		shift
 	done
 	ensure_venv
 	# The default features include `bench` (scripts/lib.sh builds the installed gateway without).
 	(cd "$REPO" && cargo build --release --locked --quiet)
-	local bin=$REPO/target/release/code-interpreter token
+	bin=$REPO/target/release/code-interpreter
 	token=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
 	export CODE_INTERPRETER_TOKEN=$token CODE_INTERPRETER_BENCH_PYTHON=$VENV/bin/python
 
+	if ((default_service)); then
+		[[ -z $url ]] || die "--default-service starts its own gateways: drop --url"
+		start_gateway ""
+		measure_default_service
+		return
+	fi
 	if [[ -z $url ]]; then
-		svc_exists || die "no service user $SVC_USER: run scripts/start.sh --no-start first"
-		podman_ping || die "the Podman socket $PODMAN_SOCK does not answer: run scripts/start.sh --no-start"
-		scratch=$(mktemp -d /tmp/ci-bench.XXXXXX)
-		chmod 755 "$scratch"
-		chown "$SVC_UID:$SVC_GID" "$scratch"
-		run_dir=$SVC_RUNTIME/code-interpreter-$INSTANCE
-		cp "$bin" "$scratch/code-interpreter"
-		cat >"$scratch/config.toml" <<-EOF
-			[server]
-			listen = "127.0.0.1:$PORT"
-			max_queue_per_user = 8
-			[paths]
-			runtime_dir = "$run_dir"
-			state_dir = "$run_dir-state"
-			[worker]
-			instance = "$INSTANCE"
-			[limits]
-			memory_mb = 512
-			[pool]
-			min_idle = $USERS
-			max_workers = $USERS
-		EOF
-		chmod 644 "$scratch/config.toml"
-		cleanup() {
-			if [[ -n ${pid:-} ]] && kill -TERM "$pid" 2>/dev/null; then
-				wait_for 30 proc_gone "$pid" || warn "the bench gateway (pid $pid) is still running"
-			fi
-			local ids
-			mapfile -t ids < <(svc_podman ps -aq --filter "label=io.code-interpreter.instance=$INSTANCE")
-			((${#ids[@]})) && svc_podman rm -f -t 0 "${ids[@]}" >/dev/null
-			svc_run rm -rf "$run_dir" "$run_dir-state"
-			rm -rf "$scratch"
-		}
-		trap cleanup EXIT
-		SVC_ENV+=(CODE_INTERPRETER_TOKEN="$token" RUST_LOG=info)
-		svc_daemon "$scratch/gateway.pid" "$scratch/gateway.log" \
-			"$scratch/code-interpreter" serve --config "$scratch/config.toml"
-		wait_for 10 test -s "$scratch/gateway.pid" || die "the bench gateway did not start"
-		pid=$(<"$scratch/gateway.pid")
+		start_gateway "$(printf 'min_idle = %s\nmax_workers = %s' "$USERS" "$USERS")" 512
 		url=http://127.0.0.1:$PORT
-		wait_for 30 curl -fs "$url/health" -o /dev/null || die "the bench gateway is not healthy: $(cat "$scratch/gateway.log")"
-		log "bench gateway: pid $pid at $url, warming $USERS workers"
 	fi
 
 	local common=(--url "$url" --users "$USERS" --requests "$REQUESTS" --scenario "$SCENARIO" --baseline)

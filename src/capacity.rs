@@ -16,6 +16,24 @@ const MIB: u64 = 1024 * 1024;
 /// measurement: about twice an idle worker's 35 MiB.
 pub const STARTING_WORKER_BYTES: u64 = 64 * MIB;
 
+/// An idle worker's memory (PSS of its processes, measured: docs/benchmarks.md).
+pub const IDLE_WORKER_BYTES: u64 = 40 * MIB;
+/// An idle worker's memory once `pool.preload` imported numpy, pandas and
+/// matplotlib.pyplot (measured: docs/benchmarks.md).
+pub const PRELOADED_WORKER_BYTES: u64 = 160 * MIB;
+/// The share of the memory above the reserve that "auto" spends on idle workers.
+const IDLE_SHARE: u64 = 16;
+
+/// `pool.min_idle = "auto"`: as many idle workers as fit in a sixteenth of the
+/// memory available above the reserve, `per_idle` bytes each, within
+/// `2 ..= max_idle`. A burst of new users is served from ready workers
+/// (creations on a 2-core host give a few per second); the cost is memory
+/// only, as idle kernels sleep.
+pub fn auto_min_idle(available: u64, reserve: u64, per_idle: u64, max_idle: usize) -> usize {
+    let fits = available.saturating_sub(reserve) / IDLE_SHARE / per_idle.max(1);
+    (fits.min(max_idle as u64) as usize).max(2.min(max_idle))
+}
+
 /// Memory figures at one moment.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
 pub struct MemoryFigures {
@@ -155,6 +173,21 @@ fn cgroup_room(limit: &str, usage: &str, total: u64) -> Option<u64> {
 pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicU64, Ordering};
+
+    #[test]
+    fn auto_min_idle_spends_a_sixteenth_of_the_room_within_bounds() {
+        let gib = 1024 * MIB;
+        // 23 GiB available, 1 GiB reserve: 22 GiB / 16 / 40 MiB = 35, capped at 32.
+        assert_eq!(auto_min_idle(23 * gib, gib, IDLE_WORKER_BYTES, 32), 32);
+        assert_eq!(auto_min_idle(9 * gib, gib, IDLE_WORKER_BYTES, 32), 12);
+        // Preloaded workers are bigger: fewer of them.
+        assert_eq!(auto_min_idle(23 * gib, gib, PRELOADED_WORKER_BYTES, 32), 8);
+        // A small host still keeps two; a reserve above what is there too.
+        assert_eq!(auto_min_idle(2 * gib, gib, IDLE_WORKER_BYTES, 32), 2);
+        assert_eq!(auto_min_idle(gib / 2, gib, IDLE_WORKER_BYTES, 32), 2);
+        assert_eq!(auto_min_idle(23 * gib, gib, IDLE_WORKER_BYTES, 1), 1);
+        assert_eq!(auto_min_idle(23 * gib, gib, IDLE_WORKER_BYTES, 0), 0);
+    }
 
     /// Memory figures a test sets.
     pub(crate) struct FakeMemory(pub AtomicU64);

@@ -234,8 +234,10 @@ impl AllowEntry {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PoolConfig {
-    /// Ready, unassigned workers kept waiting for new users.
-    pub min_idle: usize,
+    /// Ready, unassigned workers kept waiting for new users; "auto": as many
+    /// as fit in a sixteenth of the memory above the reserve at start
+    /// (`capacity::auto_min_idle`), within 2 ..= `max_idle`.
+    pub min_idle: Sizing,
     /// Most idle workers the pool grows to when new users arrive quickly.
     pub max_idle: usize,
     /// Most workers alive at once (also capped by `worker.uid_count`).
@@ -243,11 +245,48 @@ pub struct PoolConfig {
     /// Available memory (host, or the gateway's own cgroup) below which no
     /// new worker is admitted, MiB.
     pub memory_reserve_mb: u64,
-    /// Workers started in parallel while refilling.
-    pub create_parallelism: usize,
+    /// Workers started at once; "auto": follows the cores and the measured
+    /// start time (`pool::parallelism`).
+    pub create_parallelism: Sizing,
     /// Longest a new user waits, in FIFO order, for a worker before 503 +
     /// Retry-After, seconds.
     pub queue_timeout_secs: f64,
+    /// Without a new user this long, idle workers past `min_idle` are trimmed, seconds.
+    pub trim_after_secs: f64,
+    /// Modules every idle worker imports before a user gets it, so that a
+    /// session's first heavy import is instant (e.g. "numpy", "pandas").
+    pub preload: Vec<String>,
+}
+
+/// A count the gateway sizes itself ("auto") or the operator fixes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum Sizing {
+    #[serde(serialize_with = "auto")]
+    Auto,
+    Fixed(usize),
+}
+
+fn auto<S: serde::Serializer>(serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str("auto")
+}
+
+impl<'de> Deserialize<'de> for Sizing {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(usize),
+            Word(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Count(n) => Ok(Self::Fixed(n)),
+            Raw::Word(word) if word == "auto" => Ok(Self::Auto),
+            Raw::Word(word) => Err(serde::de::Error::custom(format!(
+                "expected \"auto\" or a count, found \"{word}\""
+            ))),
+        }
+    }
 }
 
 /// Limits of one execution.
@@ -313,12 +352,14 @@ impl Default for LimitsConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
-            min_idle: 2,
-            max_idle: 8,
-            max_workers: 64,
+            min_idle: Sizing::Auto,
+            max_idle: 32,
+            max_workers: 256,
             memory_reserve_mb: 1024,
-            create_parallelism: 2,
+            create_parallelism: Sizing::Auto,
             queue_timeout_secs: 30.0,
+            trim_after_secs: 60.0,
+            preload: Vec::new(),
         }
     }
 }
@@ -457,16 +498,34 @@ impl Config {
             bail!("server.max_connections must be in [1, 1000000]");
         }
         if self.server.max_code_bytes == 0
-            || self.pool.create_parallelism == 0
+            || self.pool.create_parallelism == Sizing::Fixed(0)
             || self.pool.max_workers == 0
             || !(self.pool.queue_timeout_secs > 0.0 && self.pool.queue_timeout_secs <= 3600.0)
+            || !(self.pool.trim_after_secs > 0.0 && self.pool.trim_after_secs <= 86_400.0)
         {
             bail!(
-                "server.max_code_bytes, pool.create_parallelism, pool.max_workers and \
-                 pool.queue_timeout_secs (at most 3600) must be positive"
+                "server.max_code_bytes, pool.create_parallelism, pool.max_workers, \
+                 pool.queue_timeout_secs (at most 3600) and pool.trim_after_secs (at most \
+                 86400) must be positive"
             );
         }
+        if self.pool.preload.len() > 32 {
+            bail!("pool.preload lists at most 32 modules");
+        }
+        for module in &self.pool.preload {
+            if !is_module_name(module) {
+                bail!("pool.preload: {module:?} is not a Python module name (e.g. \"numpy\" or \"matplotlib.pyplot\")");
+            }
+        }
         Ok(())
+    }
+
+    /// The idle workers to keep when demand is low.
+    pub fn min_idle(&self, auto: impl FnOnce() -> usize) -> usize {
+        match self.pool.min_idle {
+            Sizing::Fixed(n) => n,
+            Sizing::Auto => auto(),
+        }
     }
 
     /// The HTTP front's limits (src/front/).
@@ -579,7 +638,7 @@ mod tests {
         let mut config: Config =
             toml::from_str("[server]\nlisten = \"127.0.0.1:9000\"\n[pool]\nmin_idle = 5\n")
                 .unwrap();
-        assert_eq!(config.pool.min_idle, 5);
+        assert_eq!(config.pool.min_idle, Sizing::Fixed(5));
         config
             .apply_env(|name| (name == "CODE_INTERPRETER_LISTEN").then(|| "127.0.0.1:9001".into()))
             .unwrap();
@@ -718,6 +777,44 @@ mod tests {
             "",
         ] {
             assert!(check_origin(bad).is_err(), "{bad} accepted");
+        }
+    }
+}
+
+/// A dotted Python module name: identifiers of ASCII letters, digits and `_`
+/// (it is written into Python code, so nothing else may pass).
+fn is_module_name(name: &str) -> bool {
+    name.len() <= 200
+        && name.split('.').all(|part| {
+            part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    #[test]
+    fn sizing_is_auto_or_a_count() {
+        let config: Config =
+            toml::from_str("[pool]\nmin_idle = \"auto\"\ncreate_parallelism = 3\n").unwrap();
+        assert_eq!(config.pool.min_idle, Sizing::Auto);
+        assert_eq!(config.pool.create_parallelism, Sizing::Fixed(3));
+        let bad = toml::from_str::<Config>("[pool]\nmin_idle = \"many\"\n").unwrap_err();
+        assert!(bad.to_string().contains("auto"), "{bad}");
+        assert_eq!(serde_json::to_value(Sizing::Auto).unwrap(), "auto");
+        assert_eq!(serde_json::to_value(Sizing::Fixed(4)).unwrap(), 4);
+    }
+
+    #[test]
+    fn preload_takes_module_names_only() {
+        let mut config = Config::default();
+        config.pool.preload = vec!["numpy".into(), "matplotlib.pyplot".into(), "_x1".into()];
+        config.validate().unwrap();
+        for bad in ["os; import socket", "", "a..b", "1abc", "numpy pandas", "a.b-c"] {
+            config.pool.preload = vec![bad.into()];
+            assert!(config.validate().is_err(), "{bad:?} was accepted");
         }
     }
 }

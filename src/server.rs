@@ -16,8 +16,8 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::api::{self, AppState};
 use crate::auth::Token;
-use crate::capacity::{HostMemory, Policy};
-use crate::config::Config;
+use crate::capacity::{self, HostMemory, MemorySource, Policy};
+use crate::config::{Config, Sizing};
 use crate::front;
 use crate::host::{CgroupSupport, HostInfo};
 use crate::kernel::OutputLimits;
@@ -33,8 +33,6 @@ use crate::worker::{Worker, WorkerFactory};
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
 /// How long the background loops may take to return once the shutdown began.
 const LOOPS_MARGIN: Duration = Duration::from_secs(5);
-/// Without a new user this long, extra idle workers are trimmed to `min_idle`.
-const IDLE_TRIM_AFTER: Duration = Duration::from_secs(60);
 /// How long start-up waits for the Podman socket to answer.
 const PODMAN_WAIT: Duration = Duration::from_secs(30);
 
@@ -55,6 +53,15 @@ pub async fn run(config: Config) -> Result<()> {
         max_workers,
         reserve_bytes: config.pool.memory_reserve_mb * 1024 * 1024,
     };
+    let min_idle = config.min_idle(|| {
+        let per_idle = if config.pool.preload.is_empty() {
+            capacity::IDLE_WORKER_BYTES
+        } else {
+            capacity::PRELOADED_WORKER_BYTES
+        };
+        let available = HostMemory.measure().available_bytes;
+        capacity::auto_min_idle(available, policy.reserve_bytes, per_idle, config.pool.max_idle)
+    });
     let factory = Arc::new(WorkerFactory::new(
         Arc::new(podman),
         Arc::clone(&config),
@@ -69,11 +76,16 @@ pub async fn run(config: Config) -> Result<()> {
         Arc::clone(&metrics),
         Arc::clone(&registry),
         Settings {
-            min_idle: config.pool.min_idle,
-            parallelism: config.pool.create_parallelism,
+            min_idle,
+            parallelism: match config.pool.create_parallelism {
+                Sizing::Auto => None,
+                Sizing::Fixed(n) => Some(n),
+            },
+            cores: host.cpus,
             queue_timeout: Duration::from_secs_f64(config.pool.queue_timeout_secs),
             max_idle: config.pool.max_idle,
-            trim_after: IDLE_TRIM_AFTER,
+            trim_after: Duration::from_secs_f64(config.pool.trim_after_secs),
+            preload: config.pool.preload.clone(),
         },
         policy,
         Arc::new(HostMemory),
@@ -112,7 +124,7 @@ pub async fn run(config: Config) -> Result<()> {
     shutdown.spawn(|stop| Arc::clone(&registry).run_writer(stop));
     shutdown.spawn(|stop| Arc::clone(&pool).run_refill(stop));
     shutdown.spawn(|stop| Arc::clone(&sessions).run_reaper(stop));
-    log_limits(&config, &host, max_workers);
+    log_limits(&config, &host, max_workers, min_idle);
 
     let mut limits = config.front_limits();
     limits.max_connections = front::nofile::fit(limits.max_connections, max_workers);
@@ -293,7 +305,7 @@ async fn wait_for_podman(podman: &PodmanRuntime, config: &Config) -> PodmanFacts
 }
 
 /// Says at start-up which limit is enforced by what on this host.
-fn log_limits(config: &Config, host: &HostInfo, max_workers: usize) {
+fn log_limits(config: &Config, host: &HostInfo, max_workers: usize, min_idle: usize) {
     let limits = &config.limits;
     let by = |enforced: bool| {
         if enforced {
@@ -314,7 +326,7 @@ fn log_limits(config: &Config, host: &HostInfo, max_workers: usize) {
             "rootful"
         },
         config.pool.memory_reserve_mb,
-        config.pool.min_idle,
+        min_idle,
     );
     tracing::info!(
         "per-worker limits: memory {} MiB: {}; pids {}: {}; cpus {}: {}; \

@@ -280,10 +280,12 @@ pub(crate) fn test_state_with(edit: impl FnOnce(&mut Config)) -> (Arc<AppState>,
         Arc::clone(&registry),
         crate::pool::Settings {
             min_idle: 0,
-            parallelism: 1,
+            parallelism: Some(1),
+            cores: 1,
             queue_timeout: std::time::Duration::from_millis(100),
             max_idle: 0,
             trim_after: std::time::Duration::from_secs(60),
+            preload: Vec::new(),
         },
         crate::capacity::Policy {
             max_workers: 1,

@@ -4,10 +4,12 @@
 //! the gateway is compared with the kernels' own ceiling on the same machine.
 //!
 //! One job per file: the plan (workload), the HTTP users (driver), the pool
-//! figures (probe), the baseline process (baseline), the figures (stats), the
+//! figures (probe), bursts of new users and the cold-start profile (burst),
+//! the baseline process (baseline), the figures (stats), the
 //! process CPU/memory (procstat), the text/JSON (report), the charts (plot).
 
 mod baseline;
+mod burst;
 mod driver;
 mod plot;
 mod probe;
@@ -61,9 +63,22 @@ pub struct BenchArgs {
     /// New users sent one at a time to a warm pool after the run (0: skip).
     #[arg(long, default_value_t = 20)]
     new_users: usize,
-    /// Do not wait for `users` idle workers before the run or measure the refill.
+    /// Do not wait for `users` idle workers before the run (the sessions are
+    /// created inside the measured run, by the pool as the service keeps
+    /// it), nor measure the refill.
     #[arg(long)]
     no_wait: bool,
+    /// Before the run, N new users arrive at once (each sends one request)
+    /// against the pool as the service keeps it; repeatable (--burst 30 --burst 100).
+    #[arg(long, value_name = "N")]
+    burst: Vec<usize>,
+    /// N new sessions one at a time, each timing `import pandas` and then a
+    /// first plot (what `pool.preload` is for).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    first_imports: usize,
+    /// Skip the users x requests run (bursts and new users only).
+    #[arg(long)]
+    no_workload: bool,
     /// The gateway's pid (same host): report its CPU per request and RSS.
     #[arg(long)]
     gateway_pid: Option<u32>,
@@ -123,9 +138,20 @@ async fn measure_gateway(
     token: &str,
     plans: &[workload::UserPlan],
 ) -> Result<Report> {
-    let gateway = driver::Gateway::new(&args.url, token, args.users)?;
+    let most = args.burst.iter().copied().max().unwrap_or(0);
+    let gateway = driver::Gateway::new(&args.url, token, args.users.max(most))?;
+    let mut bursts = Vec::new();
+    for &users in &args.burst {
+        anyhow::ensure!(users > 0, "--burst needs a positive count");
+        bursts.push(burst::burst(&gateway, users).await?);
+    }
+    let first_imports = if args.first_imports > 0 {
+        Some(burst::first_imports(&gateway, args.first_imports).await?)
+    } else {
+        None
+    };
     let idle = args.users as u64;
-    if !args.no_wait {
+    if !args.no_wait && !args.no_workload {
         eprintln!("bench: waiting for {idle} idle workers");
         probe::wait_idle(&gateway, idle, Duration::from_secs(300)).await?;
     }
@@ -139,22 +165,38 @@ async fn measure_gateway(
     let names = driver::user_names(args.users);
     let gateway_before = args.gateway_pid.and_then(procstat::sample);
     let cpu_before = procstat::own_cpu_s();
-    let (samples, release, releases_failed) = driver::run(&gateway, &names, plans).await;
+    let (samples, release, releases_failed) = if args.no_workload {
+        (Vec::new(), Duration::ZERO, 0)
+    } else {
+        driver::run(&gateway, &names, plans).await
+    };
     let bench_cpu_s = procstat::own_cpu_s() - cpu_before;
     let gateway_after = args.gateway_pid.and_then(procstat::sample);
     let summary = stats::summarize(&samples);
-    let pool_refill_s = if args.no_wait {
+    let pool_refill_s = if args.no_wait || args.no_workload {
         None
     } else {
         let refill = probe::wait_idle(&gateway, idle, Duration::from_secs(120)).await?;
         Some((release + refill).as_secs_f64())
     };
-    let first = if args.new_users > 0 && !args.no_wait {
-        let samples = probe::new_users(&gateway, args.new_users, idle).await?;
+    // New users one at a time: each takes a warm worker, and the refill
+    // that follows is a quiet start, profiled by the gateway.
+    let (first, cold_start) = if args.new_users > 0 {
+        let kept = if args.no_wait || args.no_workload {
+            burst::settle(&gateway, Duration::from_secs(300)).await?
+        } else {
+            idle
+        };
+        let since = burst::last_start(&gateway).await?;
+        let samples = probe::new_users(&gateway, args.new_users, kept).await?;
+        probe::wait_idle(&gateway, kept, Duration::from_secs(60)).await?;
         let latencies: Vec<f64> = samples.iter().map(|s| s.latency_ms).collect();
-        Some(stats::latency(&latencies))
+        (
+            Some(stats::latency(&latencies)),
+            burst::cold_starts(&gateway, since).await?,
+        )
     } else {
-        None
+        (None, None)
     };
     if let Some(dir) = &args.plot {
         write_plots(dir, "gateway", &samples, args)?;
@@ -172,6 +214,11 @@ async fn measure_gateway(
         gateway: summary,
         baseline: None,
         new_user_first_request_ms: first,
+        bursts,
+        cold_start,
+        first_imports,
+        sessions_in_run: args.no_wait,
+        workload: !args.no_workload,
         new_users: args.new_users,
         pool_refill_s,
         releases_failed,

@@ -43,7 +43,11 @@ pub async fn new_users(gateway: &Gateway, count: usize, idle: u64) -> Result<Vec
         wait_idle(gateway, idle, Duration::from_secs(60)).await?;
         let start_ms = t0.elapsed().as_secs_f64() * 1000.0;
         let (outcome, status, latency_ms) = gateway.execute(name, "print(1)", "1\n").await;
+        // Released only once the refill is done, and given time to be
+        // removed: the next refill is a quiet start, as the profile needs.
+        wait_idle(gateway, idle, Duration::from_secs(60)).await?;
         gateway.release(name).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         samples.push(Sample {
             user,
             index: 0,

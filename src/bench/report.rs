@@ -6,6 +6,7 @@ use std::fmt::Write;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::burst::{BurstReport, ColdStartReport, FirstImportsReport};
 use super::stats::{Latency, Summary};
 
 /// Everything one bench invocation measured.
@@ -24,6 +25,16 @@ pub struct Report {
     pub think_ceiling_rps: Option<f64>,
     /// Latency of new users' first requests on a warm pool.
     pub new_user_first_request_ms: Option<Latency>,
+    /// New users arriving at once, before the run.
+    pub bursts: Vec<BurstReport>,
+    /// The gateway's profile of the quiet starts during the new users.
+    pub cold_start: Option<ColdStartReport>,
+    /// A new session's `import pandas` and first plot.
+    pub first_imports: Option<FirstImportsReport>,
+    /// The run's sessions were created inside it (`--no-wait`).
+    pub sessions_in_run: bool,
+    /// The users x requests run took place.
+    pub workload: bool,
     pub new_users: usize,
     /// From releasing the run's sessions until the pool is full again.
     pub pool_refill_s: Option<f64>,
@@ -61,10 +72,55 @@ fn lat(l: &Latency) -> String {
 
 pub fn text(r: &Report) -> String {
     let mut out = String::new();
+    for b in &r.bursts {
+        let _ = writeln!(
+            out,
+            "burst: {} new users at once ({} idle workers ready): first answer p50/p95/max {:.0} / {:.0} / {:.0} ms; refused (503) {}, failed {}",
+            b.users, b.idle_before, b.first_answer_ms.p50, b.first_answer_ms.p95, b.first_answer_ms.max, b.refused, b.failed
+        );
+    }
+    if let Some(f) = &r.first_imports {
+        let _ = writeln!(
+            out,
+            "new session's first steps ({} sessions, p50/max): import pandas {:.0} / {:.0} ms, then a first plot {:.0} / {:.0} ms; failed {}",
+            f.sessions, f.import_pandas_ms.p50, f.import_pandas_ms.max, f.first_plot_ms.p50, f.first_plot_ms.max, f.failed
+        );
+    }
+    if let Some(c) = &r.cold_start {
+        let phases: Vec<String> = (c.phase_p50_ms.iter())
+            .map(|(phase, ms)| format!("{phase} {ms:.0}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "cold start ({} quiet starts, container creation to first kernel reply): p50 {:.0} ms, p95 {:.0} ms, max {:.0} ms; phases p50 (ms): {}",
+            c.quiet_starts, c.total_ms.p50, c.total_ms.p95, c.total_ms.max, phases.join(", ")
+        );
+    }
+    if let Some(first) = &r.new_user_first_request_ms {
+        let _ = writeln!(
+            out,
+            "new user's first request on a warm pool ({}): p50/p95/p99/max {} ms",
+            r.new_users,
+            lat(first)
+        );
+    }
+    if !r.workload {
+        return out;
+    }
     let _ = writeln!(
         out,
-        "code-interpreter bench: {} users x {} requests, scenario {}, think {}-{} s, seed {}",
-        r.users, r.requests_per_user, r.scenario, r.think_s.0, r.think_s.1, r.seed
+        "code-interpreter bench: {} users x {} requests, scenario {}, think {}-{} s, seed {}{}",
+        r.users,
+        r.requests_per_user,
+        r.scenario,
+        r.think_s.0,
+        r.think_s.1,
+        r.seed,
+        if r.sessions_in_run {
+            ", sessions created inside the run"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         out,
@@ -159,14 +215,6 @@ pub fn text(r: &Report) -> String {
             out,
             "  pool refilled to {} idle workers in {refill:.2} s after the releases",
             r.users
-        );
-    }
-    if let Some(first) = &r.new_user_first_request_ms {
-        let _ = writeln!(
-            out,
-            "  new user's first request on a warm pool ({}): p50/p95/p99/max {} ms",
-            r.new_users,
-            lat(first)
         );
     }
     let _ = writeln!(

@@ -91,6 +91,7 @@ impl FakeRuntime {
         Ok(Started {
             id,
             warnings: Vec::new(),
+            create_time: std::time::Duration::ZERO,
         })
     }
 }

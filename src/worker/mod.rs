@@ -45,6 +45,30 @@ pub struct Worker {
     /// The sandbox uid its code runs as; None for a worker of an older gateway (uid 1000).
     pub uid: Option<u32>,
     pub kernel: KernelClient,
+    /// How its start went, phase by phase (None: adopted from a previous run).
+    pub profile: Option<StartProfile>,
+}
+
+/// What each phase of a worker's start took (see `docs/benchmarks.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StartProfile {
+    /// Writing the worker directory (connection file, ruleset, account files).
+    pub prepare: Duration,
+    /// The runtime's create call.
+    pub create: Duration,
+    /// The runtime's start call (runc, mounts, namespaces).
+    pub start: Duration,
+    /// From the start call's answer until the kernel's sockets exist: the
+    /// entrypoint (firewall, privilege drop), Python and ipykernel's imports.
+    pub listen: Duration,
+    /// Connecting and the first kernel_info reply (the kernel's shell set-up).
+    pub connect: Duration,
+}
+
+impl StartProfile {
+    pub fn total(&self) -> Duration {
+        self.prepare + self.create + self.start + self.listen + self.connect
+    }
 }
 
 /// What is left to clean up of a worker once its kernel connection is gone.
@@ -152,6 +176,8 @@ impl WorkerFactory {
     }
 
     async fn start(&self, id: &str, dir: &Path, uid: u32, remains: &mut Remains) -> Result<Worker> {
+        let begun = tokio::time::Instant::now();
+        let mut profile = StartProfile::default();
         let info = ConnectionInfo {
             key: random::hex(32),
             host_dir: dir.to_path_buf(),
@@ -172,7 +198,10 @@ impl WorkerFactory {
             seccomp_profile: &self.seccomp_profile,
         };
         let spec = spec::container_spec(&self.config, &self.cgroups, &site);
+        profile.prepare = begun.elapsed();
         let started = self.runtime.run(&spec).await?;
+        profile.create = started.create_time;
+        profile.start = begun.elapsed() - profile.prepare - profile.create;
         let container = started.id;
         remains.container = Some(container.clone());
         for warning in started.warnings {
@@ -197,10 +226,12 @@ impl WorkerFactory {
                 );
             }
         }
+        profile.listen = started.elapsed();
         check_sandbox_uid(dir, uid)?;
         let kernel = KernelClient::connect(&info, within.saturating_sub(started.elapsed()))
             .await
             .with_context(|| format!("connecting to the kernel of worker {id}"))?;
+        profile.connect = started.elapsed() - profile.listen;
         seal_worker_dir(dir)?;
         Ok(Worker {
             id: id.to_string(),
@@ -209,6 +240,7 @@ impl WorkerFactory {
             key: info.key,
             uid: Some(uid),
             kernel,
+            profile: Some(profile),
         })
     }
 
@@ -257,6 +289,7 @@ impl WorkerFactory {
             key: record.key.clone(),
             uid: record.uid,
             kernel,
+            profile: None,
         })
     }
 
@@ -465,6 +498,7 @@ async fn wait_for_sockets(info: &ConnectionInfo, within: Duration) -> Result<()>
         if tokio::time::Instant::now() >= deadline {
             anyhow::bail!("the kernel's sockets did not appear within {within:?}");
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Three stat calls per turn: cheap enough to look often.
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

@@ -95,11 +95,13 @@ impl PodmanRuntime {
 
     /// Creates and starts a container; returns its id and Podman's warnings.
     pub async fn run(&self, spec: &ContainerSpec) -> Result<Started> {
+        let begun = std::time::Instant::now();
         let created = bounded(
             "creating a worker container",
             self.podman.containers().create(&create_opts(spec)),
         )
         .await?;
+        let create_time = begun.elapsed();
         let container = self.podman.containers().get(&created.id);
         if let Err(e) = bounded("starting a worker container", container.start(None)).await {
             let _ = self.remove(&created.id).await;
@@ -108,6 +110,7 @@ impl PodmanRuntime {
         Ok(Started {
             id: created.id,
             warnings: created.warnings,
+            create_time,
         })
     }
 

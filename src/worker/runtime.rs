@@ -18,6 +18,8 @@ pub struct Started {
     pub id: String,
     /// What the runtime warned about while creating it (logged at debug level).
     pub warnings: Vec<String>,
+    /// How long creating it took (the rest of `run` started it).
+    pub create_time: std::time::Duration,
 }
 
 /// What the worker layer needs of a container runtime. Every call is bounded

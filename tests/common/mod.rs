@@ -129,6 +129,8 @@ pub struct Options {
     pub extra: String,
     /// Extra TOML lines inside `[server]` (the listen address is the harness's).
     pub server: String,
+    /// Extra TOML lines inside `[pool]`; one that sets `min_idle` replaces `min_idle`.
+    pub pool: String,
     /// Run against this Podman instead of the service user's rootless one.
     pub svc: Option<ServiceUser>,
 }
@@ -142,6 +144,7 @@ impl Default for Options {
             queue_timeout_secs: 30.0,
             extra: String::new(),
             server: String::new(),
+            pool: String::new(),
             svc: None,
         }
     }
@@ -239,12 +242,17 @@ impl Gateway {
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\n{}\
              [paths]\nruntime_dir = \"{runtime_dir}\"\nstate_dir = \"{runtime_dir}-state\"\n{socket}\
-             [pool]\nmin_idle = {}\nmax_workers = {}\nqueue_timeout_secs = {:?}\n\
+             [pool]\n{}max_workers = {}\nqueue_timeout_secs = {:?}\n{}\
              [execution]\ntimeout_secs = {}\n{}",
             options.server,
-            options.min_idle,
+            if options.pool.contains("min_idle") {
+                String::new()
+            } else {
+                format!("min_idle = {}\n", options.min_idle)
+            },
             options.max_workers,
             options.queue_timeout_secs,
+            options.pool,
             options.timeout_secs,
             options.extra
         );

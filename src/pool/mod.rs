@@ -1,10 +1,15 @@
 //! The warm pool: ready workers waiting for new users, and the capacity limit.
 //!
-//! A background task keeps `min_idle` workers ready, creating at most
-//! `create_parallelism` at once and backing off after failures, so a broken
-//! setup shows up as a reason in `/status` instead of a storm of containers.
+//! A background task keeps the idle target ready (from `min_idle` up to
+//! `max_idle` as new users arrive faster), creating as many at once as
+//! `parallelism` allows and backing off after failures, so a broken setup
+//! shows up as a reason in `/status` instead of a storm of containers.
 //! Every live or starting worker holds one capacity slot until it is destroyed;
 //! a new slot is given while `capacity::admit` says the host can hold one more.
+//! `cold_start` keeps what each phase of the recent starts took.
+
+pub mod cold_start;
+pub mod parallelism;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,13 +18,15 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use serde::Serialize;
-use tokio::sync::{oneshot, Notify, Semaphore};
+use tokio::sync::{oneshot, Notify};
 
 use crate::capacity::{self, Decision, MemorySource, Policy};
 use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::state::Registry;
 use crate::worker::{Remains, Worker, WorkerFactory};
+use cold_start::ColdStarts;
+use parallelism::Parallelism;
 
 /// Longest a request waits while the last creation failed and none has
 /// succeeded since: a setup that cannot make a worker is a quick 503.
@@ -137,7 +144,13 @@ pub struct Pool {
     max_idle: usize,
     trim_after: Duration,
     demand: Mutex<Demand>,
-    parallelism: Arc<Semaphore>,
+    parallelism: Parallelism,
+    cold_starts: ColdStarts,
+    /// What idle workers run before they wait (`pool.preload`), if anything.
+    preload: Option<String>,
+    preload_modules: Vec<String>,
+    /// Why preloading stopped, for `/status`.
+    preload_error: Mutex<Option<String>>,
     /// Wakes the refill task (a worker was taken or destroyed).
     refill: Notify,
     /// Wakes waiting requests to ask for admission again (a creation ended
@@ -150,18 +163,21 @@ pub struct Pool {
 }
 
 /// How the pool keeps workers warm and how long requests wait for one.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Settings {
     /// Ready, unassigned workers kept waiting for new users.
     pub min_idle: usize,
-    /// Workers started at once.
-    pub parallelism: usize,
+    /// Workers started at once; None: adaptive, from `cores`.
+    pub parallelism: Option<usize>,
+    pub cores: usize,
     /// Longest a request waits for a worker before 503 + Retry-After.
     pub queue_timeout: Duration,
     /// Most idle workers the pool grows to under demand.
     pub max_idle: usize,
     /// Without arrivals this long, idle workers are trimmed back to `min_idle`.
     pub trim_after: Duration,
+    /// Modules each idle worker imports before it waits.
+    pub preload: Vec<String>,
 }
 
 /// The pool's state for `/status`.
@@ -177,6 +193,12 @@ pub struct PoolSnapshot {
     pub max_idle: usize,
     /// Moving average of a worker's start, ms (none made yet: null).
     pub start_time_ms: Option<u64>,
+    /// Starts allowed at once now, and whether that follows measurements.
+    pub create_parallelism: usize,
+    pub create_parallelism_adaptive: bool,
+    pub cold_start: cold_start::Summary,
+    pub preload: Vec<String>,
+    pub preload_error: Option<String>,
     /// Requests waiting for a worker.
     pub waiting: usize,
     /// The admission policy, what it would decide now, and its last refusal.
@@ -202,9 +224,11 @@ impl Pool {
         let Settings {
             min_idle,
             parallelism,
+            cores,
             queue_timeout,
             max_idle,
             trim_after,
+            preload,
         } = settings;
         Arc::new(Self {
             factory,
@@ -222,7 +246,11 @@ impl Pool {
             max_idle,
             trim_after,
             demand: Mutex::new(Demand::default()),
-            parallelism: Arc::new(Semaphore::new(parallelism)),
+            parallelism: Parallelism::new(parallelism, cores),
+            cold_starts: ColdStarts::default(),
+            preload: preload_code(&preload),
+            preload_modules: preload,
+            preload_error: Mutex::new(None),
             refill: Notify::new(),
             ready: Notify::new(),
             initializing: AtomicBool::new(min_idle > 0),
@@ -401,7 +429,12 @@ impl Pool {
     fn spawn_create(self: &Arc<Self>) -> tokio::task::JoinHandle<Result<()>> {
         let pool = Arc::clone(self);
         tokio::spawn(async move {
-            let worker = pool.create().await?;
+            let (mut worker, seq) = pool.create().await?;
+            if !pool.preload(&mut worker, seq).await {
+                pool.destroy(worker.into_remains());
+                pool.ready.notify_waiters();
+                return Ok(());
+            }
             pool.hand_out(worker);
             pool.ready.notify_waiters();
             Ok(())
@@ -431,6 +464,11 @@ impl Pool {
             idle_target: self.idle_target(),
             max_idle: self.max_idle,
             start_time_ms: (self.demand.lock().unwrap().start_time).map(|t| t.as_millis() as u64),
+            create_parallelism: self.parallelism.limit().0,
+            create_parallelism_adaptive: self.parallelism.limit().1,
+            cold_start: self.cold_starts.summary(),
+            preload: self.preload_modules.clone(),
+            preload_error: self.preload_error.lock().unwrap().clone(),
             waiting: (self.waiters.lock().unwrap().iter())
                 .filter(|tx| !tx.is_closed())
                 .count(),
@@ -548,23 +586,33 @@ impl Pool {
     }
 
     /// Creates a worker in a reserved slot; frees the slot on failure.
-    /// Counts as `creating` from its admission, also while waiting for its turn.
-    async fn create(self: &Arc<Self>) -> Result<Worker> {
-        let _permit = self
-            .parallelism
-            .acquire()
-            .await
-            .expect("semaphore never closed");
+    /// Counts as `creating` from its admission, also while waiting for its
+    /// turn. Returns the worker and the number of its start's profile.
+    async fn create(self: &Arc<Self>) -> Result<(Worker, u64)> {
+        let permit = self.parallelism.acquire().await;
         let started = std::time::Instant::now();
         let result = self.factory.create().await;
         self.creating.fetch_sub(1, Ordering::SeqCst);
+        let mut seq = 0;
         match &result {
             Ok(worker) => {
+                let phases = worker.profile.unwrap_or_default();
+                seq = self.cold_starts.record(&phases, permit.concurrent);
+                self.parallelism.record(phases.total(), permit.concurrent);
                 self.registry.insert(worker.record());
                 Metrics::bump(&self.metrics.workers_created);
                 *self.last_error.lock().unwrap() = None;
                 let ms = started.elapsed().as_millis() as u64;
-                tracing::info!(worker = worker.id, ms, "worker ready");
+                tracing::info!(
+                    worker = worker.id,
+                    ms,
+                    concurrent = permit.concurrent,
+                    create_ms = phases.create.as_millis() as u64,
+                    start_ms = phases.start.as_millis() as u64,
+                    listen_ms = phases.listen.as_millis() as u64,
+                    connect_ms = phases.connect.as_millis() as u64,
+                    "worker ready"
+                );
                 let took = started.elapsed();
                 let mut demand = self.demand.lock().unwrap();
                 demand.start_time = Some(match demand.start_time {
@@ -579,9 +627,56 @@ impl Pool {
                 tracing::error!("could not start a worker: {e:#}");
             }
         }
+        drop(permit);
         self.ready.notify_waiters();
-        result
+        result.map(|worker| (worker, seq))
     }
+
+    /// Runs `pool.preload` in a new worker before it waits idle; skipped
+    /// when a request already waits for it (its user should not wait for
+    /// imports it may not need). False when the worker must go: the preload
+    /// failed, so its state is unknown. After a failure (a module that is
+    /// not in the image, say) no worker preloads again: `/status` says why.
+    async fn preload(&self, worker: &mut Worker, seq: u64) -> bool {
+        let Some(code) = &self.preload else {
+            return true;
+        };
+        if self.preload_error.lock().unwrap().is_some()
+            || self.waiters.lock().unwrap().iter().any(|tx| !tx.is_closed())
+        {
+            return true;
+        }
+        let started = tokio::time::Instant::now();
+        match worker.kernel.evaluate(code, started + PRELOAD_TIMEOUT).await {
+            Ok(_) => {
+                self.cold_starts.preloaded(seq, started.elapsed());
+                true
+            }
+            Err(e) => {
+                let why = format!("{e:?}");
+                tracing::error!(worker = worker.id, "pool.preload failed, preloading stops: {why}");
+                *self.preload_error.lock().unwrap() = Some(why);
+                false
+            }
+        }
+    }
+}
+
+/// Longest the preload of one worker may take.
+const PRELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// An expression that imports `modules` into `sys.modules` without binding
+/// a name in the user's namespace; None for no modules. The names were
+/// checked to be dotted identifiers (`config::validate`).
+fn preload_code(modules: &[String]) -> Option<String> {
+    (!modules.is_empty()).then(|| {
+        let list = modules
+            .iter()
+            .map(|m| format!("'{m}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        format!("[__import__('importlib').import_module(m) for m in [{list}]] and 'ok'")
+    })
 }
 
 #[cfg(test)]
@@ -621,10 +716,12 @@ pub(crate) mod tests {
             registry,
             Settings {
                 min_idle,
-                parallelism: 2,
+                parallelism: Some(2),
+                cores: 2,
                 queue_timeout: QUEUE_TIMEOUT,
                 max_idle: min_idle,
                 trim_after: Duration::from_secs(60),
+                preload: Vec::new(),
             },
             policy,
             memory,
@@ -795,10 +892,12 @@ pub(crate) mod tests {
         };
         let settings = Settings {
             min_idle: 0,
-            parallelism: 2,
+            parallelism: Some(2),
+            cores: 2,
             queue_timeout,
             max_idle: 0,
             trim_after: Duration::from_secs(60),
+            preload: Vec::new(),
         };
         let memory = FakeMemory::mib(64 * 1024);
         Pool::new(
@@ -914,10 +1013,12 @@ pub(crate) mod tests {
         let registry = Registry::new(host.config.state_dir());
         let settings = Settings {
             min_idle: 1,
-            parallelism: 2,
+            parallelism: Some(2),
+            cores: 2,
             queue_timeout: QUEUE_TIMEOUT,
             max_idle: 4,
             trim_after: Duration::from_millis(150),
+            preload: Vec::new(),
         };
         let policy = Policy {
             max_workers: 20,
