@@ -16,11 +16,13 @@ const MIB: u64 = 1024 * 1024;
 /// measurement: about twice an idle worker's 35 MiB.
 pub const STARTING_WORKER_BYTES: u64 = 64 * MIB;
 
-/// An idle worker's memory (PSS of its processes, measured: docs/benchmarks.md).
+/// What an idle worker is counted as: its processes' RSS, about 43 MiB
+/// (their PSS, pages shared between workers counted once, is 27 MiB:
+/// docs/benchmarks.md).
 pub const IDLE_WORKER_BYTES: u64 = 40 * MIB;
-/// An idle worker's memory once `pool.preload` imported numpy, pandas and
-/// matplotlib.pyplot (measured: docs/benchmarks.md).
-pub const PRELOADED_WORKER_BYTES: u64 = 160 * MIB;
+/// The same once `pool.preload` imported numpy, pandas and
+/// matplotlib.pyplot: RSS about 107 MiB, PSS 79 MiB (docs/benchmarks.md).
+pub const PRELOADED_WORKER_BYTES: u64 = 112 * MIB;
 /// The share of the memory above the reserve that "auto" spends on idle workers.
 const IDLE_SHARE: u64 = 16;
 
@@ -181,7 +183,7 @@ pub(crate) mod tests {
         assert_eq!(auto_min_idle(23 * gib, gib, IDLE_WORKER_BYTES, 32), 32);
         assert_eq!(auto_min_idle(9 * gib, gib, IDLE_WORKER_BYTES, 32), 12);
         // Preloaded workers are bigger: fewer of them.
-        assert_eq!(auto_min_idle(23 * gib, gib, PRELOADED_WORKER_BYTES, 32), 8);
+        assert_eq!(auto_min_idle(23 * gib, gib, PRELOADED_WORKER_BYTES, 32), 12);
         // A small host still keeps two; a reserve above what is there too.
         assert_eq!(auto_min_idle(2 * gib, gib, IDLE_WORKER_BYTES, 32), 2);
         assert_eq!(auto_min_idle(gib / 2, gib, IDLE_WORKER_BYTES, 32), 2);

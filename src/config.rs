@@ -786,7 +786,9 @@ mod tests {
 fn is_module_name(name: &str) -> bool {
     name.len() <= 200
         && name.split('.').all(|part| {
-            part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            part.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
                 && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         })
 }
@@ -812,7 +814,14 @@ mod pool_tests {
         let mut config = Config::default();
         config.pool.preload = vec!["numpy".into(), "matplotlib.pyplot".into(), "_x1".into()];
         config.validate().unwrap();
-        for bad in ["os; import socket", "", "a..b", "1abc", "numpy pandas", "a.b-c"] {
+        for bad in [
+            "os; import socket",
+            "",
+            "a..b",
+            "1abc",
+            "numpy pandas",
+            "a.b-c",
+        ] {
             config.pool.preload = vec![bad.into()];
             assert!(config.validate().is_err(), "{bad:?} was accepted");
         }

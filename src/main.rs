@@ -52,7 +52,7 @@ enum Command {
     Healthcheck,
     /// Measure a gateway under the original's workload (and a jupyter_client baseline).
     #[cfg(feature = "bench")]
-    Bench(bench::BenchArgs),
+    Bench(Box<bench::BenchArgs>),
     /// Not in this build (see `NO_BENCH`).
     #[cfg(not(feature = "bench"))]
     #[command(hide = true, disable_help_flag = true)]
@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Healthcheck => healthcheck(config.server.listen),
         #[cfg(feature = "bench")]
-        Command::Bench(args) => bench::run(args, || {
+        Command::Bench(args) => bench::run(*args, || {
             Ok(auth::Token::load_or_create(&config)?.reveal().to_string())
         }),
         #[cfg(not(feature = "bench"))]

@@ -60,7 +60,12 @@ pub async fn run(config: Config) -> Result<()> {
             capacity::PRELOADED_WORKER_BYTES
         };
         let available = HostMemory.measure().available_bytes;
-        capacity::auto_min_idle(available, policy.reserve_bytes, per_idle, config.pool.max_idle)
+        capacity::auto_min_idle(
+            available,
+            policy.reserve_bytes,
+            per_idle,
+            config.pool.max_idle,
+        )
     });
     let factory = Arc::new(WorkerFactory::new(
         Arc::new(podman),

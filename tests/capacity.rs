@@ -90,12 +90,21 @@ async fn thirty_new_users_at_once_are_all_served_by_the_default_pool() {
     let cold = &status["cold_start"];
     assert!(cold["starts"].as_u64().unwrap() >= kept, "{cold}");
     for start in cold["recent"].as_array().unwrap() {
-        let phases: f64 = ["prepare_ms", "create_ms", "start_ms", "listen_ms", "connect_ms"]
-            .iter()
-            .map(|p| start[p].as_f64().unwrap())
-            .sum();
+        let phases: f64 = [
+            "prepare_ms",
+            "create_ms",
+            "start_ms",
+            "listen_ms",
+            "connect_ms",
+        ]
+        .iter()
+        .map(|p| start[p].as_f64().unwrap())
+        .sum();
         let total = start["total_ms"].as_f64().unwrap();
-        assert!((phases - total).abs() < 1.0, "phases add up to the total: {start}");
+        assert!(
+            (phases - total).abs() < 1.0,
+            "phases add up to the total: {start}"
+        );
     }
     gw.assert_no_orphans().await;
 }
@@ -151,7 +160,9 @@ async fn the_pool_grows_with_arrivals_and_trims_back_when_they_stop() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (idle, target, start_ms) = grown.expect("the idle pool grew past min_idle");
-    eprintln!("after 40 arrivals: {idle} idle workers for a target of {target} (start {start_ms} ms)");
+    eprintln!(
+        "after 40 arrivals: {idle} idle workers for a target of {target} (start {start_ms} ms)"
+    );
     assert!(target <= 6, "within max_idle");
     // No more arrivals: 15 s (trim_after_secs) after the last one, the extra idle workers go.
     let trimmed = Instant::now();
@@ -167,7 +178,10 @@ async fn the_pool_grows_with_arrivals_and_trims_back_when_they_stop() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!("trimmed back to 1 idle worker {:?} later", trimmed.elapsed());
+    eprintln!(
+        "trimmed back to 1 idle worker {:?} later",
+        trimmed.elapsed()
+    );
     for user in &users {
         gw.post("/release", json!({"user_uuid": user})).await;
     }
@@ -199,7 +213,12 @@ async fn preload_imports_in_idle_workers_without_binding_names() {
         .await;
     assert_eq!(answer["result_text"], "True False False\n", "{answer}");
     // The user's first statement is execution 1: the preload left no trace.
-    assert_eq!(gw.run("preloaded", "_ih[1:]").await["result_text"].as_str().map(|t| t.contains("import sys")), Some(true));
+    assert_eq!(
+        gw.run("preloaded", "_ih[1:]").await["result_text"]
+            .as_str()
+            .map(|t| t.contains("import sys")),
+        Some(true)
+    );
     gw.assert_no_orphans().await;
     drop(gw);
 

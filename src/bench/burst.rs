@@ -62,10 +62,14 @@ pub async fn first_imports(gateway: &Gateway, sessions: usize) -> Result<FirstIm
         pandas.push(ms);
         let started = Instant::now();
         let (status, body) = gateway
-            .post("/execute", &serde_json::json!({"user_uuid": name, "code": FIRST_PLOT}))
+            .post(
+                "/execute",
+                &serde_json::json!({"user_uuid": name, "code": FIRST_PLOT}),
+            )
             .await?;
         plot.push(started.elapsed().as_secs_f64() * 1000.0);
-        failed += usize::from(status != 200 || body["result_base64"].as_str().is_none_or(str::is_empty));
+        failed +=
+            usize::from(status != 200 || body["result_base64"].as_str().is_none_or(str::is_empty));
         gateway.release(&name).await;
     }
     Ok(FirstImportsReport {

@@ -642,19 +642,31 @@ impl Pool {
             return true;
         };
         if self.preload_error.lock().unwrap().is_some()
-            || self.waiters.lock().unwrap().iter().any(|tx| !tx.is_closed())
+            || self
+                .waiters
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|tx| !tx.is_closed())
         {
             return true;
         }
         let started = tokio::time::Instant::now();
-        match worker.kernel.evaluate(code, started + PRELOAD_TIMEOUT).await {
+        match worker
+            .kernel
+            .evaluate(code, started + PRELOAD_TIMEOUT)
+            .await
+        {
             Ok(_) => {
                 self.cold_starts.preloaded(seq, started.elapsed());
                 true
             }
             Err(e) => {
                 let why = format!("{e:?}");
-                tracing::error!(worker = worker.id, "pool.preload failed, preloading stops: {why}");
+                tracing::error!(
+                    worker = worker.id,
+                    "pool.preload failed, preloading stops: {why}"
+                );
                 *self.preload_error.lock().unwrap() = Some(why);
                 false
             }
