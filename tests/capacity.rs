@@ -11,7 +11,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use common::{Gateway, Options};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 /// One test at a time: the burst's timings are not shared with another gateway.
@@ -24,6 +24,35 @@ fn alone() -> &'static Mutex<()> {
 fn quantile(values: &[Duration], q: f64) -> Duration {
     let index = ((values.len() as f64 * q).ceil() as usize).clamp(1, values.len()) - 1;
     values[index]
+}
+
+/// `count` new users `{prefix}-{n}` at once, each running `print(n)`: each
+/// one's status, body and time from the burst's start, in user order.
+async fn at_once(gw: &Gateway, prefix: &str, count: usize) -> Vec<(u16, Value, Duration)> {
+    let burst = Instant::now();
+    let calls: Vec<_> = (0..count)
+        .map(|n| {
+            let (http, url, token) = (gw.http().clone(), gw.url.clone(), gw.token.clone());
+            let user = format!("{prefix}-{n}");
+            tokio::spawn(async move {
+                let response = http
+                    .post(format!("{url}/execute"))
+                    .header("X-Auth-Token", token)
+                    .json(&json!({"user_uuid": user, "code": format!("print({n})")}))
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap();
+                (status, body, burst.elapsed())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for call in calls {
+        answers.push(call.await.unwrap());
+    }
+    answers
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,27 +79,9 @@ async fn thirty_new_users_at_once_are_all_served_by_the_default_pool() {
             > capacity["memory_reserve_mb"].as_u64().unwrap(),
         "{capacity}"
     );
-    let burst = Instant::now();
-    let mut users = Vec::new();
-    for n in 0..30 {
-        let http = gw.http().clone();
-        let (url, token) = (gw.url.clone(), gw.token.clone());
-        users.push(tokio::spawn(async move {
-            let response = http
-                .post(format!("{url}/execute"))
-                .header("X-Auth-Token", token)
-                .json(&json!({"user_uuid": format!("burst-{n}"), "code": format!("print({n})")}))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            let body: serde_json::Value = response.json().await.unwrap();
-            (n, status, body, burst.elapsed())
-        }));
-    }
+    let users = at_once(&gw, "burst", 30).await;
     let mut firsts = Vec::new();
-    for user in users {
-        let (n, status, body, took) = user.await.unwrap();
+    for (n, (status, body, took)) in users.into_iter().enumerate() {
         assert_eq!(status, 200, "user {n} after {took:?}: {body}");
         assert_eq!(body["result_text"], format!("{n}\n"), "{body}");
         assert_eq!(body["session_created"], true);
@@ -122,28 +133,8 @@ async fn the_pool_grows_with_arrivals_and_trims_back_when_they_stop() {
     gw.wait_idle(1, Duration::from_secs(60)).await;
     // 40 new users within a few seconds: 4 per second over the 10 s window,
     // times a start of a few hundred ms: the target rises above min_idle.
-    let users: Vec<String> = (0..40).map(|n| format!("arrival-{n}")).collect();
-    let mut calls = Vec::new();
-    for user in &users {
-        let (http, url, token, user) = (
-            gw.http().clone(),
-            gw.url.clone(),
-            gw.token.clone(),
-            user.clone(),
-        );
-        calls.push(tokio::spawn(async move {
-            let response = http
-                .post(format!("{url}/execute"))
-                .header("X-Auth-Token", token)
-                .json(&json!({"user_uuid": user, "code": "print(1)"}))
-                .send()
-                .await
-                .unwrap();
-            response.status().as_u16()
-        }));
-    }
-    for call in calls {
-        assert_eq!(call.await.unwrap(), 200);
+    for (n, (status, body, _)) in at_once(&gw, "arrival", 40).await.into_iter().enumerate() {
+        assert_eq!(status, 200, "user {n}: {body}");
     }
     let mut grown = None;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -182,8 +173,9 @@ async fn the_pool_grows_with_arrivals_and_trims_back_when_they_stop() {
         "trimmed back to 1 idle worker {:?} later",
         trimmed.elapsed()
     );
-    for user in &users {
-        gw.post("/release", json!({"user_uuid": user})).await;
+    for n in 0..40 {
+        gw.post("/release", json!({"user_uuid": format!("arrival-{n}")}))
+            .await;
     }
     gw.assert_no_orphans().await;
 }
