@@ -31,6 +31,8 @@ use crate::worker::{Worker, WorkerFactory};
 
 /// Time past the execution timeout that shutdown waits for running requests.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
+/// How long worker starts under way may take to finish at shutdown.
+const CREATIONS_MARGIN: Duration = Duration::from_secs(20);
 /// How long the background loops may take to return once the shutdown began.
 const LOOPS_MARGIN: Duration = Duration::from_secs(5);
 /// How long start-up waits for the Podman socket to answer.
@@ -174,6 +176,7 @@ pub async fn run(config: Config) -> Result<()> {
     }
     // The loops return before the last save, so nothing writes the table after it.
     shutdown.complete(LOOPS_MARGIN).await;
+    pool.quiesce(CREATIONS_MARGIN).await;
     // Workers keep running: the next start re-adopts them (scripts/stop.sh removes them).
     registry.save()?;
     tracing::info!("stopped; workers left running for the next start to re-adopt");

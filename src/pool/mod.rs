@@ -158,6 +158,8 @@ pub struct Pool {
     ready: Notify,
     /// True until the pool first reached `min_idle` (or gave up trying).
     initializing: AtomicBool,
+    /// Set at shutdown: creations still waiting for their turn give up.
+    closing: AtomicBool,
     /// The last creation failure, shown in `/status` until a creation succeeds.
     last_error: Mutex<Option<String>>,
 }
@@ -254,6 +256,7 @@ impl Pool {
             refill: Notify::new(),
             ready: Notify::new(),
             initializing: AtomicBool::new(min_idle > 0),
+            closing: AtomicBool::new(false),
             last_error: Mutex::new(None),
         })
     }
@@ -540,6 +543,26 @@ impl Pool {
         }
     }
 
+    /// At shutdown, after the refill and the requests stopped: creations not
+    /// yet begun give up, and those under way are waited for (within
+    /// `within`), so that every container made is in the registry's last
+    /// save (re-adopted by the next start, or removed by `scripts/stop.sh`)
+    /// instead of appearing after the gateway is gone.
+    pub async fn quiesce(&self, within: Duration) {
+        self.closing.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + within;
+        while self.creating.load(Ordering::SeqCst) > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    "{} worker starts still under way after {within:?}; the next start removes them",
+                    self.creating.load(Ordering::SeqCst)
+                );
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Destroys idle workers whose kernel died (they are replaced by the refill).
     fn remove_dead_idle(self: &Arc<Self>) {
         let dead: Vec<Worker> = {
@@ -590,6 +613,11 @@ impl Pool {
     /// turn. Returns the worker and the number of its start's profile.
     async fn create(self: &Arc<Self>) -> Result<(Worker, u64)> {
         let permit = self.parallelism.acquire().await;
+        if self.closing.load(Ordering::SeqCst) {
+            self.creating.fetch_sub(1, Ordering::SeqCst);
+            self.slots_used.fetch_sub(1, Ordering::SeqCst);
+            return Err(anyhow!("the gateway is stopping"));
+        }
         let started = std::time::Instant::now();
         let result = self.factory.create().await;
         self.creating.fetch_sub(1, Ordering::SeqCst);
@@ -772,6 +800,23 @@ pub(crate) mod tests {
             host.runtime.runs.load(Ordering::SeqCst),
             3,
             "none made past capacity"
+        );
+    }
+
+    #[tokio::test]
+    async fn after_quiesce_no_creation_begins() {
+        let host = FakeHost::new(Config::default());
+        let pool = fake_pool(&host, 0, 4);
+        pool.quiesce(Duration::from_secs(1)).await;
+        assert!(pool.reserve_slot());
+        let finished = pool.spawn_create().await.unwrap();
+        assert!(finished.unwrap_err().to_string().contains("stopping"));
+        assert_eq!(host.runtime.runs.load(Ordering::SeqCst), 0);
+        let snapshot = pool.snapshot();
+        assert_eq!(
+            (snapshot.alive, snapshot.creating),
+            (0, 0),
+            "the slot is free again"
         );
     }
 
