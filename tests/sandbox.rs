@@ -954,6 +954,8 @@ async fn a_hundred_workers_have_distinct_uids_and_one_more_starts() {
         min_idle: 0,
         max_workers: 101,
         timeout_secs: 30.0,
+        // No idle worker beyond the users' (the arrivals would raise the idle target).
+        pool: "max_idle = 0\n".into(),
         extra: "[limits]\nmemory_mb = 128\nnproc = 256\n".into(),
         ..Options::default()
     })
