@@ -677,6 +677,27 @@ gateway_pid() { pid_alive "$GATEWAY_PIDFILE" "$CI_BIN"; }
 
 stop_gateway() { stop_pid "$GATEWAY_PIDFILE" "$CI_BIN" gateway; }
 
+# install_token FILE: the API token from FILE's first line, written to the
+# gateway's token file (0600, the service user's; the gateway reads it at start
+# unless config.toml's server.token or CODE_INTERPRETER_TOKEN sets one).
+# Returns 1 when the token was already that one.
+install_token() {
+	local file=$1 token dst=$CI_STATE/token
+	[[ -r $file ]] || die "--token-file: cannot read $file"
+	IFS= read -r token <"$file" || [[ -n $token ]] || die "--token-file: $file is empty"
+	token=${token%$'\r'}
+	((${#token} >= 16)) || die "--token-file: the token in $file must have at least 16 characters"
+	[[ $token =~ ^[[:graph:]]+$ ]] ||
+		die "--token-file: the token in $file must be printable characters without spaces"
+	if [[ $(svc_run cat "$dst" 2>/dev/null) == "$token" ]]; then
+		log "token: unchanged ($dst)"
+		return 1
+	fi
+	svc_run mkdir -p "$CI_STATE"
+	printf '%s\n' "$token" | svc_run sh -c 'umask 077 && cat >"$1.new" && mv -f "$1.new" "$1"' sh "$dst"
+	log "token: set from $file ($dst)"
+}
+
 # start_gateway: start it as the service user unless running; wait for /health.
 start_gateway() {
 	local pid i
