@@ -10,6 +10,8 @@
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORKER_IMAGE=localhost/code-interpreter-worker:latest
+# The "full" profile (containerfiles/worker-full.Containerfile), built on WORKER_IMAGE.
+FULL_IMAGE=localhost/code-interpreter-worker-full:latest
 BASE_IMAGE=docker.io/library/debian:bookworm-slim
 INPUTS_LABEL=io.code-interpreter.inputs
 WORKER_LABEL=io.code-interpreter.worker
@@ -525,6 +527,48 @@ ensure_worker_image() {
 		# The previous image, unless a running worker still uses it.
 		svc_podman rmi "$old_id" >/dev/null 2>&1 || true
 	fi
+}
+
+# full_inputs_hash: what the full profile is built from (its Containerfile and
+# the default image it extends).
+full_inputs_hash() {
+	{
+		sha256sum "$REPO/containerfiles/worker-full.Containerfile"
+		svc_podman image inspect --format '{{.Id}}' "$WORKER_IMAGE"
+	} | sha256sum | cut -c1-64
+}
+
+# wants_full_profile: the installed or the repo's config.toml names the full image.
+wants_full_profile() {
+	grep -Eqs '^[[:space:]]*image[[:space:]]*=[[:space:]]*"[^"]*code-interpreter-worker-full' \
+		"$CI_CONFIG" "$REPO/config.toml"
+}
+
+# ensure_full_image: build the full profile unless it is up to date (Debian's
+# LibreOffice, pandoc, ffmpeg, tesseract and Node.js: a few minutes once).
+ensure_full_image() {
+	local hash tmp t0 t1 rc=0 old_id
+	hash=$(full_inputs_hash)
+	if [[ $(image_inputs_label "$FULL_IMAGE") == "$hash" ]]; then
+		log "full worker image: $FULL_IMAGE up to date (inputs ${hash:0:12})"
+		return 0
+	fi
+	old_id=$(svc_podman image inspect --format '{{.Id}}' "$FULL_IMAGE" 2>/dev/null || true)
+	log "full worker image: building $FULL_IMAGE (inputs ${hash:0:12})"
+	tmp=$(svc_run mktemp -d /var/tmp/code-interpreter-build.XXXXXX)
+	svc_write "$tmp/worker-full.Containerfile" <"$REPO/containerfiles/worker-full.Containerfile"
+	t0=$(date +%s.%N)
+	svc_podman build --pull=never --layers -f "$tmp/worker-full.Containerfile" \
+		--build-arg "BASE=$WORKER_IMAGE" --label "$INPUTS_LABEL=$hash" -t "$FULL_IMAGE" "$tmp" \
+		>"$CI_STATE/worker-full-build.log" 2>&1 || rc=$?
+	t1=$(date +%s.%N)
+	svc_run rm -rf "$tmp"
+	if ((rc != 0)); then
+		tail -n 30 "$CI_STATE/worker-full-build.log" >&2
+		die "full worker image build failed (log: $CI_STATE/worker-full-build.log)"
+	fi
+	[[ -n $old_id ]] && { svc_podman rmi "$old_id" >/dev/null 2>&1 || true; }
+	log "full worker image: built in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s, $(($(svc_podman image inspect --format '{{.Size}}' "$FULL_IMAGE") / 1000000)) MB"
 }
 
 # The repo may be unreadable to the service user (/root/...): copy the build

@@ -4,22 +4,29 @@
 # service, the worker image, the gateway binary and config, then the gateway.
 # Every step is idempotent; a second run only checks and skips.
 #
-# Usage: scripts/start.sh [--no-start] [--no-build] [--token-file FILE]
+# Usage: scripts/start.sh [--no-start] [--no-build] [--token-file FILE] [--profile full]
 #   --no-start  do everything except starting the gateway (used by tests)
 #   --no-build  do not run cargo; install target/release/code-interpreter if it exists
 #   --token-file FILE  the API token (first line of FILE, 16+ printable characters)
+#   --profile full  also build the full worker image (LibreOffice, pandoc, ffmpeg,
+#                   tesseract, Node.js); built anyway when config.toml's worker.image names it
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-usage() { sed -n '8,11s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '8,13s/^# \{0,1\}//p' "$0"; }
 
 main() {
-	local start=1 build=1 bin token_file=""
+	local start=1 build=1 bin token_file="" full=0
 	while (($#)); do
 		case $1 in
 		--no-start) start=0 ;;
 		--no-build) build=0 ;;
+		--profile)
+			[[ ${2:-} == full ]] || die "--profile takes \"full\" (the default profile is always built)"
+			full=1
+			shift
+			;;
 		--token-file)
 			(($# > 1)) || die "--token-file needs a file"
 			token_file=$2
@@ -37,6 +44,9 @@ main() {
 	ensure_podman_service
 	ensure_base_image
 	ensure_worker_image
+	if ((full)) || wants_full_profile; then
+		ensure_full_image
+	fi
 
 	bin=$REPO/target/release/code-interpreter
 	if ((build)); then
