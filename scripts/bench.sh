@@ -16,7 +16,10 @@
 #    original's workload with sessions created inside the run, the cold-start
 #    profile, first import pandas and plot, idle memory), then with preload.
 #
-# Usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [--default-service] [-- extra bench args]
+# 5. With --profiles: the cold start and idle memory of the default and the
+#    full worker image (build the full one first: scripts/start.sh --profile full).
+#
+# Usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [--default-service | --profiles] [-- extra bench args]
 #        scripts/bench.sh --venv-only   (step 1 only)
 # Env: BENCH_USERS (30), BENCH_REQUESTS (100), BENCH_SCENARIO (mixed), BENCH_PORT (3875).
 # Needs the host prepared by scripts/start.sh --no-start (Podman, worker image).
@@ -85,11 +88,12 @@ cold_starts() {
 			NR, v[int((NR + 1) / 2)], v[int(NR * 0.95 + 0.999)], v[NR] }'
 }
 
-# start_gateway POOL_TOML MEMORY_MB: a dedicated bench gateway (instance
-# "bench", port $PORT) with these [pool] lines (empty: the shipped defaults);
-# sets pid, scratch and run_dir; stop_gateway (or the EXIT trap) removes it.
+# start_gateway POOL_TOML MEMORY_MB IMAGE: a dedicated bench gateway (instance
+# "bench", port $PORT) with these [pool] lines (empty: the shipped defaults),
+# optionally a memory cap and a worker image; sets pid, scratch and run_dir;
+# stop_gateway (or the EXIT trap) removes it.
 start_gateway() {
-	local pool=$1 memory=${2:-}
+	local pool=$1 memory=${2:-} image=${3:-}
 	svc_exists || die "no service user $SVC_USER: run scripts/start.sh --no-start first"
 	podman_ping || die "the Podman socket $PODMAN_SOCK does not answer: run scripts/start.sh --no-start"
 	scratch=$(mktemp -d /tmp/ci-bench.XXXXXX)
@@ -101,6 +105,7 @@ start_gateway() {
 		printf '[server]\nlisten = "127.0.0.1:%s"\n' "$PORT"
 		printf '[paths]\nruntime_dir = "%s"\nstate_dir = "%s-state"\n' "$run_dir" "$run_dir"
 		printf '[worker]\ninstance = "%s"\n' "$INSTANCE"
+		[[ -n $image ]] && printf 'image = "%s"\n' "$image"
 		[[ -n $memory ]] && printf '[limits]\nmemory_mb = %s\n' "$memory"
 		printf '[pool]\n%s\n' "$pool"
 	} >"$scratch/config.toml"
@@ -150,6 +155,19 @@ measure_default_service() {
 	worker_memory
 }
 
+# measure_profiles: the cold start (20 quiet starts) and the idle memory of
+# both worker profiles, the default image and the full one.
+measure_profiles() {
+	local image
+	for image in "$WORKER_IMAGE" "$FULL_IMAGE"; do
+		start_gateway "min_idle = 2" "" "$image"
+		log "== profile $image: $(($(svc_podman image inspect --format '{{.Size}}' "$image") / 1000000)) MB"
+		"$bin" bench --url "http://127.0.0.1:$PORT" --no-workload --new-users 20 "${extra[@]}"
+		worker_memory
+		stop_gateway
+	done
+}
+
 main() {
 	local url="" plot="" json="" default_service=0
 	while (($#)); do
@@ -159,6 +177,7 @@ main() {
 		--json) json=$2; shift ;;
 		--venv-only) ensure_venv; return ;;
 		--default-service) default_service=1 ;;
+		--profiles) default_service=2 ;;
 		--) shift; extra=("$@"); break ;;
 		*) die "unknown argument $1 (usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [--default-service] [-- bench args])" ;;
 		esac
@@ -172,9 +191,13 @@ main() {
 	export CODE_INTERPRETER_TOKEN=$token CODE_INTERPRETER_BENCH_PYTHON=$VENV/bin/python
 
 	if ((default_service)); then
-		[[ -z $url ]] || die "--default-service starts its own gateways: drop --url"
-		start_gateway ""
-		measure_default_service
+		[[ -z $url ]] || die "--default-service and --profiles start their own gateways: drop --url"
+		if ((default_service == 2)); then
+			measure_profiles
+		else
+			start_gateway ""
+			measure_default_service
+		fi
 		return
 	fi
 	if [[ -z $url ]]; then

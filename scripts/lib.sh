@@ -10,6 +10,8 @@
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORKER_IMAGE=localhost/code-interpreter-worker:latest
+# The "full" profile (containerfiles/worker-full.Containerfile), built on WORKER_IMAGE.
+FULL_IMAGE=localhost/code-interpreter-worker-full:latest
 BASE_IMAGE=docker.io/library/debian:bookworm-slim
 INPUTS_LABEL=io.code-interpreter.inputs
 WORKER_LABEL=io.code-interpreter.worker
@@ -527,6 +529,48 @@ ensure_worker_image() {
 	fi
 }
 
+# full_inputs_hash: what the full profile is built from (its Containerfile and
+# the default image it extends).
+full_inputs_hash() {
+	{
+		sha256sum "$REPO/containerfiles/worker-full.Containerfile"
+		svc_podman image inspect --format '{{.Id}}' "$WORKER_IMAGE"
+	} | sha256sum | cut -c1-64
+}
+
+# wants_full_profile: the installed or the repo's config.toml names the full image.
+wants_full_profile() {
+	grep -Eqs '^[[:space:]]*image[[:space:]]*=[[:space:]]*"[^"]*code-interpreter-worker-full' \
+		"$CI_CONFIG" "$REPO/config.toml"
+}
+
+# ensure_full_image: build the full profile unless it is up to date (Debian's
+# LibreOffice, pandoc, ffmpeg, tesseract and Node.js: a few minutes once).
+ensure_full_image() {
+	local hash tmp t0 t1 rc=0 old_id
+	hash=$(full_inputs_hash)
+	if [[ $(image_inputs_label "$FULL_IMAGE") == "$hash" ]]; then
+		log "full worker image: $FULL_IMAGE up to date (inputs ${hash:0:12})"
+		return 0
+	fi
+	old_id=$(svc_podman image inspect --format '{{.Id}}' "$FULL_IMAGE" 2>/dev/null || true)
+	log "full worker image: building $FULL_IMAGE (inputs ${hash:0:12})"
+	tmp=$(svc_run mktemp -d /var/tmp/code-interpreter-build.XXXXXX)
+	svc_write "$tmp/worker-full.Containerfile" <"$REPO/containerfiles/worker-full.Containerfile"
+	t0=$(date +%s.%N)
+	svc_podman build --pull=never --layers -f "$tmp/worker-full.Containerfile" \
+		--build-arg "BASE=$WORKER_IMAGE" --label "$INPUTS_LABEL=$hash" -t "$FULL_IMAGE" "$tmp" \
+		>"$CI_STATE/worker-full-build.log" 2>&1 || rc=$?
+	t1=$(date +%s.%N)
+	svc_run rm -rf "$tmp"
+	if ((rc != 0)); then
+		tail -n 30 "$CI_STATE/worker-full-build.log" >&2
+		die "full worker image build failed (log: $CI_STATE/worker-full-build.log)"
+	fi
+	[[ -n $old_id ]] && { svc_podman rmi "$old_id" >/dev/null 2>&1 || true; }
+	log "full worker image: built in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s, $(($(svc_podman image inspect --format '{{.Size}}' "$FULL_IMAGE") / 1000000)) MB"
+}
+
 # The repo may be unreadable to the service user (/root/...): copy the build
 # context into a directory it owns. pip in RUN steps needs the host's CA bundle
 # (TLS-intercepting proxies), mounted read-only beside, not over, the image's.
@@ -676,6 +720,27 @@ raise_nofile() {
 gateway_pid() { pid_alive "$GATEWAY_PIDFILE" "$CI_BIN"; }
 
 stop_gateway() { stop_pid "$GATEWAY_PIDFILE" "$CI_BIN" gateway; }
+
+# install_token FILE: the API token from FILE's first line, written to the
+# gateway's token file (0600, the service user's; the gateway reads it at start
+# unless config.toml's server.token or CODE_INTERPRETER_TOKEN sets one).
+# Returns 1 when the token was already that one.
+install_token() {
+	local file=$1 token dst=$CI_STATE/token
+	[[ -r $file ]] || die "--token-file: cannot read $file"
+	IFS= read -r token <"$file" || [[ -n $token ]] || die "--token-file: $file is empty"
+	token=${token%$'\r'}
+	((${#token} >= 16)) || die "--token-file: the token in $file must have at least 16 characters"
+	[[ $token =~ ^[[:graph:]]+$ ]] ||
+		die "--token-file: the token in $file must be printable characters without spaces"
+	if [[ $(svc_run cat "$dst" 2>/dev/null) == "$token" ]]; then
+		log "token: unchanged ($dst)"
+		return 1
+	fi
+	svc_run mkdir -p "$CI_STATE"
+	printf '%s\n' "$token" | svc_run sh -c 'umask 077 && cat >"$1.new" && mv -f "$1.new" "$1"' sh "$dst"
+	log "token: set from $file ($dst)"
+}
 
 # start_gateway: start it as the service user unless running; wait for /health.
 start_gateway() {

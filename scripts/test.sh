@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test.sh — the whole test suite, as CI runs it (.ci/run calls this).
 #
-# 1. scripts/start.sh --no-start: packages, service user, rootless Podman and
-#    its REST socket, worker image (cached by input hash), release build;
+# 1. scripts/start.sh --no-start --profile full: packages, service user,
+#    rootless Podman and its REST socket, the worker images of both profiles
+#    (cached by input hash), release build;
 #    then Debian's chromium and chromium-driver for the browser test.
 # 2. cargo test --release: unit tests, then integration tests that start real
 #    gateways as the service user against real rootless Podman. As root, a
@@ -21,7 +22,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 main() {
-	"$REPO/scripts/start.sh" --no-start
+	"$REPO/scripts/start.sh" --no-start --profile full
 	ensure_test_packages
 	svc_resolve
 

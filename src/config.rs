@@ -16,6 +16,8 @@ use serde::Deserialize;
 pub struct Config {
     pub server: ServerConfig,
     pub paths: PathsConfig,
+    /// `[worker]`, also spelled `[workers]` (as in `[[workers.mounts]]`).
+    #[serde(alias = "workers")]
     pub worker: WorkerConfig,
     pub pool: PoolConfig,
     pub execution: ExecutionConfig,
@@ -109,6 +111,64 @@ pub struct WorkerConfig {
     /// the built-in one (containerfiles/seccomp/worker.json), which the
     /// gateway writes to its runtime directory at start.
     pub seccomp_profile: Option<PathBuf>,
+    /// Host directories every worker sees read-only (`[[workers.mounts]]`).
+    pub mounts: Vec<MountConfig>,
+}
+
+/// A host directory mounted read-only into every worker, e.g. a skills
+/// folder at `/mnt/skills` or a reference dataset.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MountConfig {
+    /// The directory on the host (as Podman sees it), absolute.
+    pub source: PathBuf,
+    /// Where workers see it, absolute; not a system or writable directory.
+    pub target: String,
+}
+
+/// Mount targets that would hide or open a part of the worker the sandbox
+/// relies on: these and everything below them are refused.
+const RESERVED_TARGETS: [&str; 11] = [
+    "/sandbox", "/home", "/tmp", "/var/tmp", "/run", "/proc", "/sys", "/dev", "/etc", "/root",
+    "/boot",
+];
+/// Directories that may hold mounts but not be one.
+const RESERVED_EXACT: [&str; 8] = [
+    "/", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/opt", "/var",
+];
+/// Most read-only mounts.
+const MAX_MOUNTS: usize = 16;
+
+/// Checks a mount's paths (not the host directory: see `worker::mounts`).
+fn check_mount(mount: &MountConfig) -> Result<()> {
+    let target = &mount.target;
+    if !mount.source.is_absolute() {
+        bail!(
+            "worker.mounts: source {} must be an absolute path",
+            mount.source.display()
+        );
+    }
+    let parts: Vec<&str> = target.split('/').skip(1).collect();
+    if !target.starts_with('/')
+        || target.len() > 256
+        || parts.iter().any(|p| matches!(*p, "" | "." | ".."))
+        || target
+            .chars()
+            .any(|c| c.is_control() || c == ',' || c == ':')
+    {
+        bail!(
+            "worker.mounts: target {target:?} must be an absolute, normalised path \
+             (no empty, '.' or '..' components, no ',' or ':'), e.g. \"/mnt/skills\""
+        );
+    }
+    let under = |dir: &str| target == dir || target.starts_with(&format!("{dir}/"));
+    if RESERVED_EXACT.contains(&target.as_str()) || RESERVED_TARGETS.iter().any(|d| under(d)) {
+        bail!(
+            "worker.mounts: target {target} would cover a directory the sandbox needs; \
+             use a path such as /mnt/<name>"
+        );
+    }
+    Ok(())
 }
 
 /// What one worker may use. cgroup limits apply where the host enforces them;
@@ -329,6 +389,7 @@ impl Default for WorkerConfig {
             uid_base: 10000,
             uid_count: 50000,
             seccomp_profile: None,
+            mounts: Vec::new(),
         }
     }
 }
@@ -508,6 +569,18 @@ impl Config {
                  pool.queue_timeout_secs (at most 3600) and pool.trim_after_secs (at most \
                  86400) must be positive"
             );
+        }
+        if self.worker.mounts.len() > MAX_MOUNTS {
+            bail!("worker.mounts lists at most {MAX_MOUNTS} directories");
+        }
+        for (n, mount) in self.worker.mounts.iter().enumerate() {
+            check_mount(mount)?;
+            if self.worker.mounts[..n]
+                .iter()
+                .any(|m| m.target == mount.target)
+            {
+                bail!("worker.mounts: target {} is listed twice", mount.target);
+            }
         }
         if self.pool.preload.len() > 32 {
             bail!("pool.preload lists at most 32 modules");
@@ -825,5 +898,72 @@ mod pool_tests {
             config.pool.preload = vec![bad.into()];
             assert!(config.validate().is_err(), "{bad:?} was accepted");
         }
+    }
+}
+
+#[cfg(test)]
+mod mount_tests {
+    use super::*;
+
+    #[test]
+    fn mounts_parse_under_workers_and_worker() {
+        let toml = "[[workers.mounts]]\nsource = \"/srv/skills\"\ntarget = \"/mnt/skills\"\n";
+        let config: Config = toml::from_str(toml).unwrap();
+        assert_eq!(
+            config.worker.mounts,
+            [MountConfig {
+                source: "/srv/skills".into(),
+                target: "/mnt/skills".into()
+            }]
+        );
+        config.validate().unwrap();
+        let toml =
+            "[worker]\ninstance = \"x\"\n[[worker.mounts]]\nsource = \"/a\"\ntarget = \"/opt/a\"\n";
+        let config: Config = toml::from_str(toml).unwrap();
+        assert_eq!(config.worker.mounts[0].target, "/opt/a");
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn mount_paths_are_checked() {
+        let check = |source: &str, target: &str| {
+            let mut config = Config::default();
+            config.worker.mounts = vec![MountConfig {
+                source: source.into(),
+                target: target.into(),
+            }];
+            config.validate()
+        };
+        check("/srv/data", "/mnt/data").unwrap();
+        check("/srv/data", "/usr/share/data").unwrap();
+        for (source, target) in [
+            ("srv/data", "/mnt/data"),
+            ("/srv/data", "mnt/data"),
+            ("/srv/data", "/mnt/../etc"),
+            ("/srv/data", "/mnt//data"),
+            ("/srv/data", "/mnt/data/"),
+            ("/srv/data", "/mnt/a,b"),
+            ("/srv/data", "/"),
+            ("/srv/data", "/usr"),
+            ("/srv/data", "/sandbox"),
+            ("/srv/data", "/sandbox/x"),
+            ("/srv/data", "/home/sandbox"),
+            ("/srv/data", "/etc/ssl"),
+            ("/srv/data", "/run/kernel"),
+            ("/srv/data", "/tmp"),
+            ("/srv/data", "/proc/x"),
+        ] {
+            assert!(
+                check(source, target).is_err(),
+                "{source} -> {target} accepted"
+            );
+        }
+        let mut config = Config::default();
+        let mount = MountConfig {
+            source: "/a".into(),
+            target: "/mnt/a".into(),
+        };
+        config.worker.mounts = vec![mount.clone(), mount];
+        assert!(config.validate().is_err(), "a target twice");
     }
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # e2e_scripts.sh — the README's quick start, checked as a person would run it:
 # scripts/start.sh, the curl example (a = 100, then print(a) gives "100"),
-# scripts/token.sh, scripts/restart.sh (the session survives it), then
+# scripts/token.sh, scripts/restart.sh (the session survives it), an
+# operator's token from start.sh --token-file (and back), then
 # scripts/stop.sh leaves no worker
 # container. Stops the service on failure too.
 set -euo pipefail
@@ -43,6 +44,24 @@ main() {
 	check "token.sh gives the same token after restart" test "$("$REPO/scripts/token.sh")" = "$TOKEN"
 	check "the session survives restart.sh (print(a) still gives 100)" \
 		result_text_is $'100\n' "$(execute e2e-user 'print(a)')"
+
+	# An operator's own token (start.sh --token-file), then the generated one back.
+	local generated=$TOKEN token_file
+	token_file=$(mktemp)
+	echo "operator-chosen-token-0123456789" >"$token_file"
+	"$REPO/scripts/start.sh" --token-file "$token_file"
+	TOKEN=operator-chosen-token-0123456789
+	check "start.sh --token-file sets the token" test "$("$REPO/scripts/token.sh")" = "$TOKEN"
+	check "the gateway takes it, and the session is kept" \
+		result_text_is $'100\n' "$(execute e2e-user 'print(a)')"
+	check "the previous token is refused" test "$(curl -s -o /dev/null -w '%{http_code}' \
+		-H "X-Auth-Token: $generated" "$(gateway_url)/status")" = 401
+	printf '%s\n' "$generated" >"$token_file"
+	"$REPO/scripts/start.sh" --token-file "$token_file"
+	rm -f "$token_file"
+	TOKEN=$generated
+	check "start.sh --token-file puts the generated token back" \
+		test "$("$REPO/scripts/token.sh")" = "$TOKEN"
 
 	"$REPO/scripts/stop.sh"
 	check "stop.sh stops the gateway" bash -c "! curl -fsS --max-time 2 $(gateway_url)/health"

@@ -16,7 +16,7 @@ import json
 import os
 import stat
 
-ROOT = os.environ.get("HOME", "/home/sandbox")
+ROOT = os.environ.get("HOME", "/sandbox")
 
 
 class FileApiError(Exception):

@@ -1,5 +1,6 @@
 //! The file API: upload, download, list and delete files in a session's work
-//! directory (`/home/sandbox`).
+//! directory (`/sandbox`; `/home/sandbox` is the same directory). A path is
+//! relative to it, or absolute under either name.
 //!
 //! Every operation runs inside the user's own kernel, as the unprivileged
 //! sandbox user, through `_code_interpreter_files` (containerfiles/worker/),
@@ -223,12 +224,33 @@ fn target(user: Option<String>, tail: Option<&str>) -> Result<(String, String), 
     let path = match tail {
         Some(tail) => {
             let path = decode_path(tail)?;
-            validate_path(&path).map_err(ApiError::bad_request)?;
-            path
+            work_relative(&path)
+                .map(str::to_string)
+                .map_err(ApiError::bad_request)?
         }
         None => String::new(),
     };
     Ok((user, path))
+}
+
+/// Absolute spellings of the work directory a path may start with.
+pub const WORK_DIR_NAMES: [&str; 2] = ["/sandbox", "/home/sandbox"];
+
+/// `path` relative to the work directory: as given when relative, without
+/// the prefix when absolute under `/sandbox` or `/home/sandbox`; checked.
+pub fn work_relative(path: &str) -> Result<&str, String> {
+    let relative = WORK_DIR_NAMES
+        .iter()
+        .find_map(|dir| path.strip_prefix(dir)?.strip_prefix('/'))
+        .unwrap_or(path);
+    if path.starts_with('/') && relative.len() == path.len() {
+        return Err(format!(
+            "an absolute path must be inside the work directory ({}/...)",
+            WORK_DIR_NAMES[0]
+        ));
+    }
+    validate_path(relative)?;
+    Ok(relative)
 }
 
 /// A path relative to the work directory, without tricks.
@@ -295,12 +317,32 @@ mod tests {
     }
 
     #[test]
+    fn absolute_paths_inside_the_work_directory_are_made_relative() {
+        assert_eq!(work_relative("/sandbox/a/b.csv"), Ok("a/b.csv"));
+        assert_eq!(work_relative("/home/sandbox/b.csv"), Ok("b.csv"));
+        assert_eq!(work_relative("data/x.txt"), Ok("data/x.txt"));
+        for bad in [
+            "/sandbox",
+            "/sandbox/",
+            "/sandboxes/x",
+            "/home/sandbox/../x",
+            "/etc/passwd",
+            "/tmp/x",
+            "/sandbox//x",
+        ] {
+            assert!(work_relative(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
     fn tails_decode() {
         let user = || Some("u".to_string());
         let (_, path) = target(user(), Some("dir/na%C3%AFve%2Etxt")).unwrap();
         assert_eq!(path, "dir/naïve.txt");
         let (_, path) = target(user(), Some("a+b%2B%25.txt")).unwrap();
         assert_eq!(path, "a+b+%.txt", "+ is not a space in a path");
+        let (_, path) = target(user(), Some("%2Fsandbox%2Fa.txt")).unwrap();
+        assert_eq!(path, "a.txt");
         assert!(target(None, Some("a")).is_err());
         assert!(
             target(user(), Some("%2e%2e/x")).is_err(),

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::config::{AllowEntry, Config, NetworkMode};
+use crate::config::{AllowEntry, Config, MountConfig, NetworkMode};
 use crate::host::CgroupSupport;
 use crate::kernel::{ConnectionInfo, KernelClient};
 use crate::random;
@@ -128,6 +128,7 @@ impl WorkerFactory {
                 path
             }
         };
+        check_mount_sources(&config.worker.mounts)?;
         let uids = SandboxUids::new(config.worker.uid_base, config.worker.uid_count);
         let allow = match config.network.mode {
             NetworkMode::None => Vec::new(),
@@ -436,6 +437,42 @@ fn write_worker_dir(info: &ConnectionInfo, ruleset: &str, uid: u32) -> Result<()
     write_file(&dir.join(spec::GROUP_FILE), &group, 0o644)
 }
 
+/// The read-only mounts' host directories exist, are directories and can be
+/// listed, so that a typo fails the start with a clear error rather than
+/// every worker's. A gateway in a container (the Quadlet deployment) may not
+/// see the host's paths: a missing one is then only logged, and Podman
+/// refuses it at the first worker start. Code in a worker runs as a uid that
+/// owns nothing there: what it should read must be readable by others.
+fn check_mount_sources(mounts: &[MountConfig]) -> Result<()> {
+    let in_container = Path::new("/run/.containerenv").exists();
+    for mount in mounts {
+        let source = &mount.source;
+        match fs::metadata(source) {
+            Ok(meta) if meta.is_dir() => {
+                fs::read_dir(source)
+                    .with_context(|| format!("worker.mounts: listing {}", source.display()))?;
+                if meta.permissions().mode() & 0o005 != 0o005 {
+                    tracing::warn!(
+                        "worker.mounts: {} is not readable and searchable by others; \
+                         sandboxed code (another uid) cannot read it",
+                        source.display()
+                    );
+                }
+            }
+            Ok(_) => anyhow::bail!("worker.mounts: {} is not a directory", source.display()),
+            Err(e) if in_container && e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(
+                    "worker.mounts: {} is not visible from the gateway's container; \
+                     Podman checks it when a worker starts",
+                    source.display()
+                )
+            }
+            Err(e) => anyhow::bail!("worker.mounts: cannot use {}: {e}", source.display()),
+        }
+    }
+    Ok(())
+}
+
 /// Writes `path` whole (temp file + rename), e.g. a file left by an earlier run.
 fn write_replacing(path: &Path, content: &str, mode: u32) -> Result<()> {
     let tmp = path.with_extension("tmp");
@@ -500,5 +537,31 @@ async fn wait_for_sockets(info: &ConnectionInfo, within: Duration) -> Result<()>
         }
         // Three stat calls per turn: cheap enough to look often.
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_sources_must_be_listable_directories() {
+        let dir = std::env::temp_dir().join(format!("ci-mount-check-{}", random::hex(4)));
+        fs::create_dir_all(dir.join("skills")).unwrap();
+        fs::write(dir.join("file"), "x").unwrap();
+        let mount = |source: PathBuf| {
+            vec![MountConfig {
+                source,
+                target: "/mnt/x".into(),
+            }]
+        };
+        check_mount_sources(&mount(dir.join("skills"))).unwrap();
+        let file = check_mount_sources(&mount(dir.join("file"))).unwrap_err();
+        assert!(file.to_string().contains("is not a directory"), "{file}");
+        if !Path::new("/run/.containerenv").exists() {
+            let missing = check_mount_sources(&mount(dir.join("missing"))).unwrap_err();
+            assert!(missing.to_string().contains("cannot use"), "{missing}");
+        }
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -364,7 +364,7 @@ async fn bounded<T>(
 mod tests {
     use super::*;
     use crate::config::{Config, NetworkMode};
-    use crate::worker::spec::{container_spec, WorkerSite, HOME_DIR, KERNEL_DIR};
+    use crate::worker::spec::{container_spec, WorkerSite, KERNEL_DIR, WORK_DIR};
     use serde_json::Value;
 
     fn spec(config: &Config, cgroups: &CgroupSupport) -> Value {
@@ -419,7 +419,7 @@ mod tests {
             .as_array()
             .unwrap()
             .contains(&json!("ro")));
-        assert!(mount(HOME_DIR)["options"]
+        assert!(mount(WORK_DIR)["options"]
             .as_array()
             .unwrap()
             .contains(&json!("size=500m")));

@@ -24,8 +24,10 @@ pub const WORKER_LABEL: &str = "io.code-interpreter.worker";
 pub const INSTANCE_LABEL: &str = "io.code-interpreter.instance";
 /// Where the worker directory (connection file, ruleset, kernel sockets) appears inside.
 pub const KERNEL_DIR: &str = "/run/kernel";
-/// The sandbox user's home and working directory.
-pub const HOME_DIR: &str = "/home/sandbox";
+/// The sandbox user's home and working directory: `/sandbox`, as in the
+/// original service. The image makes `/home/sandbox` (our earlier path) a
+/// symlink to it, so code written for either works.
+pub const WORK_DIR: &str = "/sandbox";
 /// What the entrypoint needs before it drops everything.
 const ENTRYPOINT_CAPS: [&str; 4] = ["NET_ADMIN", "SETUID", "SETGID", "SETPCAP"];
 /// Size of the small tmpfs mounts nothing needs to write much to (/run, /var/tmp), MiB.
@@ -152,15 +154,17 @@ pub fn container_spec(
     // are memory RLIMIT_AS does not count. (/dev/shm is sized by shm_size;
     // /dev belongs to container root; /dev/mqueue is bounded per uid by
     // RLIMIT_MSGQUEUE.)
-    let mounts = vec![
+    let mut mounts = vec![
         tmpfs("/run", SMALL_TMPFS_MB),
         bind(site.host_dir, KERNEL_DIR, false),
         bind(&site.host_dir.join(PASSWD_FILE), "/etc/passwd", true),
         bind(&site.host_dir.join(GROUP_FILE), "/etc/group", true),
         tmpfs("/tmp", limits.tmp_mb),
         tmpfs("/var/tmp", SMALL_TMPFS_MB),
-        tmpfs(HOME_DIR, limits.disk_mb),
+        tmpfs(WORK_DIR, limits.disk_mb),
     ];
+    // The operator's read-only directories (checked in config and at start).
+    mounts.extend((config.worker.mounts.iter()).map(|m| bind(&m.source, &m.target, true)));
     // Podman's REST API does not apply containers.conf default_ulimits, and the
     // host's hard limits may be lower than Podman's defaults: always set both.
     let rlimits = vec![
@@ -193,7 +197,7 @@ pub fn container_spec(
         labels,
         env,
         user: "0:0".into(),
-        work_dir: HOME_DIR.into(),
+        work_dir: WORK_DIR.into(),
         drop_capabilities: vec!["ALL".into()],
         add_capabilities: ENTRYPOINT_CAPS.map(String::from).to_vec(),
         read_only_root: true,
@@ -280,7 +284,7 @@ pub fn account_files(uid: u32) -> (String, String) {
     let passwd = format!(
         "root:x:0:0:root:/root:/usr/sbin/nologin\n\
          nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n\
-         sandbox:x:{uid}:{uid}:sandbox:{HOME_DIR}:/bin/bash\n"
+         sandbox:x:{uid}:{uid}:sandbox:{WORK_DIR}:/bin/bash\n"
     );
     let group = format!("root:x:0:\nnogroup:x:65534:\nsandbox:x:{uid}:\n");
     (passwd, group)
@@ -307,7 +311,7 @@ mod tests {
     #[test]
     fn the_sandbox_uid_is_named_sandbox() {
         let (passwd, group) = account_files(10_042);
-        assert!(passwd.contains("\nsandbox:x:10042:10042:sandbox:/home/sandbox:/bin/bash\n"));
+        assert!(passwd.contains("\nsandbox:x:10042:10042:sandbox:/sandbox:/bin/bash\n"));
         assert!(passwd.starts_with("root:x:0:0:"));
         assert!(group.ends_with("sandbox:x:10042:\n"));
     }
