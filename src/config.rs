@@ -210,12 +210,27 @@ pub struct NetworkConfig {
 }
 
 /// `none`: loopback only. `allowlist`: an interface, and only `allow` reachable.
+/// `internet`: an interface, public addresses reachable, every non-public range
+/// (loopback, private, link-local, metadata, CGNAT, multicast…) dropped, DNS
+/// only to slirp4netns's resolver.
 #[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     #[default]
     None,
     Allowlist,
+    Internet,
+}
+
+impl NetworkMode {
+    /// The name `config.toml` and `/status` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Allowlist => "allowlist",
+            Self::Internet => "internet",
+        }
+    }
 }
 
 /// One parsed `network.allow` entry.
@@ -539,8 +554,12 @@ impl Config {
         if limits.address_space_mb < 512 {
             bail!("limits.address_space_mb below 512 leaves no room for a Python kernel");
         }
-        if self.network.mode == NetworkMode::None && !self.network.allow.is_empty() {
-            bail!("network.allow is set but network.mode is \"none\"; set mode = \"allowlist\"");
+        let mode = self.network.mode;
+        if mode != NetworkMode::Allowlist && !self.network.allow.is_empty() {
+            bail!(
+                "network.allow is set but network.mode is \"{}\"; it applies to mode = \"allowlist\" only",
+                mode.name()
+            );
         }
         for origin in &self.server.cors_origins {
             check_origin(origin)?;
@@ -775,6 +794,18 @@ mod tests {
             error.to_string().contains("is not CIDR, IP"),
             "the entry's own error: {error}"
         );
+    }
+
+    #[test]
+    fn internet_mode_parses_and_refuses_an_allowlist() {
+        let config: Config = toml::from_str("[network]\nmode = \"internet\"\n").unwrap();
+        assert_eq!(config.network.mode, NetworkMode::Internet);
+        assert_eq!(config.network.mode.name(), "internet");
+        config.validate().unwrap();
+        let mut config = config;
+        config.network.allow = vec![AllowEntry::parse("10.0.2.2:8080").unwrap()];
+        let error = config.validate().unwrap_err().to_string();
+        assert!(error.contains("\"internet\""), "{error}");
     }
 
     #[test]

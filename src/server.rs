@@ -336,6 +336,7 @@ fn log_limits(config: &Config, host: &HostInfo, max_workers: usize, min_idle: us
         config.pool.memory_reserve_mb,
         min_idle,
     );
+    tracing::info!("{}", crate::worker::network::describe(&config.network));
     tracing::info!(
         "per-worker limits: memory {} MiB: {}; pids {}: {}; cpus {}: {}; \
          address space {} MiB: rlimit; file size and home {} MiB, /tmp {} MiB: rlimit + tmpfs; \

@@ -131,7 +131,7 @@ impl WorkerFactory {
         check_mount_sources(&config.worker.mounts)?;
         let uids = SandboxUids::new(config.worker.uid_base, config.worker.uid_count);
         let allow = match config.network.mode {
-            NetworkMode::None => Vec::new(),
+            NetworkMode::None | NetworkMode::Internet => Vec::new(),
             NetworkMode::Allowlist => config.network.allow.clone(),
         };
         Ok(Self {
@@ -185,7 +185,8 @@ impl WorkerFactory {
             kernel_dir: spec::KERNEL_DIR.into(),
         };
         let reachable = network::resolve(&self.allow).await?;
-        write_worker_dir(&info, &firewall::ruleset_json(&reachable.allowed), uid)?;
+        let egress = network::egress(self.config.network.mode, &reachable);
+        write_worker_dir(&info, &firewall::ruleset_json(egress), uid)?;
         let name = format!("code-interpreter-{}-{id}", self.config.worker.instance);
         let site = spec::WorkerSite {
             name: &name,

@@ -9,6 +9,7 @@
 //! NoNewPrivs itself). Each call has a timeout, so a hung Podman never hangs us.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -255,15 +256,21 @@ pub fn create_opts(spec: &ContainerSpec) -> ContainerCreateOpts {
         Network::Slirp {
             allow_host_loopback,
             hosts,
+            dns_servers,
         } => {
             let mut options = vec!["enable_ipv6=false".to_string()];
             if *allow_host_loopback {
                 options.push("allow_host_loopback=true".into());
             }
-            builder
+            let builder = builder
                 .net_namespace(namespace("slirp4netns"))
                 .network_options(HashMap::from([("slirp4netns".to_string(), options)]))
-                .hosts_add(hosts.iter().map(|(name, ip)| format!("{name}:{ip}")))
+                .hosts_add(hosts.iter().map(|(name, ip)| format!("{name}:{ip}")));
+            if dns_servers.is_empty() {
+                builder
+            } else {
+                builder.dns_server(dns_servers.iter().map(IpAddr::to_string))
+            }
         }
     };
     if let Some(limits) = &spec.cgroup_limits {
@@ -464,5 +471,21 @@ mod tests {
             .unwrap()
             .contains(&json!("allow_host_loopback=true")));
         assert_eq!(spec["hostadd"], json!(["mirror.test:192.0.2.7"]));
+        assert!(spec.get("dns_server").is_none());
+    }
+
+    #[test]
+    fn internet_mode_gets_slirp_and_only_its_resolver() {
+        let mut config = Config::default();
+        config.network.mode = NetworkMode::Internet;
+        let spec = spec(&config, &CgroupSupport::default());
+        assert_eq!(spec["netns"]["nsmode"], "slirp4netns");
+        assert_eq!(
+            spec["network_options"]["slirp4netns"],
+            json!(["enable_ipv6=false"]),
+            "no host loopback, no IPv6"
+        );
+        assert_eq!(spec["dns_server"], json!(["10.0.2.3"]));
+        assert!(spec["hostadd"].as_array().is_none_or(Vec::is_empty));
     }
 }

@@ -9,12 +9,13 @@
 //! containerfiles/worker/worker-entrypoint). Around it: our seccomp profile, a
 //! read-only root where every writable mount has a size, an init process,
 //! rlimits, cgroup limits where Podman can enforce them, and no network unless
-//! allowlisted.
+//! the mode is `allowlist` or `internet`.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+use super::network::{Cidr, SLIRP_RESOLVER};
 use crate::config::{Config, LimitsConfig, NetworkMode};
 use crate::host::CgroupSupport;
 
@@ -46,7 +47,7 @@ pub const GROUP_FILE: &str = "group";
 /// The variable that tells the entrypoint which uid to drop to.
 pub const SANDBOX_UID_ENV: &str = "CI_SANDBOX_UID";
 /// slirp4netns's address for the host's loopback (only with allow_host_loopback).
-const SLIRP_HOST_LOOPBACK: &str = "10.0.2.2";
+const SLIRP_HOST_LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2));
 
 /// Per-worker inputs that are not in the config.
 pub struct WorkerSite<'a> {
@@ -120,6 +121,9 @@ pub enum Network {
     Slirp {
         allow_host_loopback: bool,
         hosts: Vec<(String, IpAddr)>,
+        /// The only nameservers of the worker's resolv.conf; empty: Podman's
+        /// default (slirp4netns's resolver, then the host's).
+        dns_servers: Vec<IpAddr>,
     },
 }
 
@@ -189,6 +193,15 @@ pub fn container_spec(
         NetworkMode::Allowlist => Network::Slirp {
             allow_host_loopback: site.needs_host_loopback,
             hosts: site.hosts.to_vec(),
+            dns_servers: Vec::new(),
+        },
+        // The host's loopback stays closed in slirp4netns too (its firewall
+        // drops 10.0.2.2 as well); DNS goes only to slirp4netns's resolver,
+        // whose queries the host's resolvers answer.
+        NetworkMode::Internet => Network::Slirp {
+            allow_host_loopback: false,
+            hosts: Vec::new(),
+            dns_servers: vec![SLIRP_RESOLVER],
         },
     };
     ContainerSpec {
@@ -241,14 +254,7 @@ fn socket_buffer_sysctls() -> HashMap<String, String> {
 
 /// Whether an allowlisted network includes slirp4netns's host-loopback address.
 pub fn is_host_loopback(addr: IpAddr, prefix: u8) -> bool {
-    let target: IpAddr = SLIRP_HOST_LOOPBACK.parse().expect("valid address");
-    match (addr, target) {
-        (IpAddr::V4(net), IpAddr::V4(host)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            u32::from(net) & mask == u32::from(host) & mask
-        }
-        _ => false,
-    }
+    Cidr { addr, prefix }.contains(SLIRP_HOST_LOOPBACK)
 }
 
 /// cgroup limits for the controllers Podman can enforce; None when it can enforce none.
