@@ -10,7 +10,7 @@
 //! stream: the caller reads or writes chunks and counts them against the cap.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode, Url};
 
@@ -111,14 +111,29 @@ impl Transfers {
         self.client.request(method, url).timeout(self.timeout)
     }
 
+    /// A GET that must be over, body included, by `deadline`.
+    fn get_until(
+        &self,
+        url: Url,
+        deadline: Instant,
+    ) -> Result<reqwest::RequestBuilder, TransferError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(TransferError::Timeout(self.timeout));
+        }
+        Ok(self.client.request(Method::GET, url).timeout(left))
+    }
+
     /// GET `url`, following redirects (each target checked again); the
     /// response of a 2xx answer, its body not yet read. The Content-Length,
     /// when given, must be within the cap.
     pub async fn get(&self, url: &str) -> Result<reqwest::Response, TransferError> {
+        // One timeout for the whole transfer, redirects included.
+        let deadline = Instant::now() + self.timeout;
         let mut current = self.check(url).await?;
         for _ in 0..=MAX_REDIRECTS {
             let response = self
-                .request(Method::GET, current.clone())
+                .get_until(current.clone(), deadline)?
                 .send()
                 .await
                 .map_err(|e| self.failure(e))?;

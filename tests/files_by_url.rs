@@ -16,10 +16,10 @@ use serde_json::{json, Value};
 const CSV: &[u8] = b"x,y\n1,2\n3,4\n5,6\n";
 
 /// A gateway whose transfers may reach 127.0.0.1 (and nothing else internal),
-/// with a 4 MiB cap.
+/// with a 4 MiB cap and a 3 s timeout.
 async fn allowed_gateway() -> Gateway {
     Gateway::start(Options {
-        extra: "[files]\nurl_allow = [\"127.0.0.1/32\"]\nmax_url_bytes = 4194304\n".into(),
+        extra: "[files]\nurl_allow = [\"127.0.0.1/32\"]\nmax_url_bytes = 4194304\nurl_timeout_secs = 3\n".into(),
         ..Options::default()
     })
     .await
@@ -206,6 +206,15 @@ async fn a_csv_by_url_is_read_and_a_plot_is_exported_by_put_and_post() {
     let (status, answer) = post(&gw, "/files/export", "analyst", body).await;
     assert_eq!(status, 502, "{answer}");
     assert!(detail(&answer).contains("AccessDenied"), "{answer}");
+    // A server that answers at once and stops reading does not hold the export.
+    remote.route("/early", Reply::Early(403));
+    let body =
+        json!({"files": [{"path": "", "name": "noise.bin", "upload_url": remote.url("/early")}]});
+    let started = std::time::Instant::now();
+    let (status, answer) = post(&gw, "/files/export", "analyst", body).await;
+    assert_eq!(status, 502, "{answer}");
+    assert!(started.elapsed().as_secs() < 20, "{:?}", started.elapsed());
+    assert_eq!(gw.run("analyst", "print(2)").await["result_text"], "2\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,6 +325,13 @@ async fn internal_addresses_are_refused_before_any_connection() {
     remote.route("/claims-small", Reply::Claims(1000));
     let (status, answer) = fetch(&gw, "guarded", &remote.url("/claims-small"), "", "s.bin").await;
     assert_eq!(status, 502, "{answer}");
+    // A server that never answers: 504 after files.url_timeout_secs.
+    remote.route("/stall", Reply::Stall);
+    let started = std::time::Instant::now();
+    let (status, answer) = fetch(&gw, "guarded", &remote.url("/stall"), "", "s.bin").await;
+    assert_eq!(status, 504, "{answer}");
+    let waited = started.elapsed().as_secs_f64();
+    assert!((2.9..10.0).contains(&waited), "answered after {waited} s");
     // The session is intact after all of that.
     assert_eq!(gw.run("guarded", "print(1)").await["result_text"], "1\n");
 }

@@ -287,14 +287,32 @@ async fn upload(
         .header(reqwest::header::CONTENT_LENGTH, length)
         .header(reqwest::header::CONTENT_TYPE, content_type)
         .body(reqwest::Body::wrap_stream(stream));
-    let send = async { request.send().await.map_err(|e| transfers.failure(e)) };
-    let produce = async {
+    // Set once the server has answered: the body is no longer wanted, and a
+    // server that stopped reading must not leave the producer waiting.
+    let (answered, answered_rx) = tokio::sync::watch::channel(false);
+    let send = async {
+        let sent = request.send().await.map_err(|e| transfers.failure(e));
+        let _ = answered.send(true);
+        sent
+    };
+    let push = move |item: Result<Bytes, std::io::Error>| {
+        let sender = sender.clone();
+        let mut answered = answered_rx.clone();
+        async move {
+            tokio::select! {
+                sent = sender.send(item) => sent.is_ok(),
+                _ = answered.wait_for(|done| *done) => false,
+            }
+        }
+    };
+    // Owns `push` (and so the channel's sender): the body ends with it.
+    let produce = async move {
         // Whether the body was sent whole; a send that fails means the
-        // request ended (its error is the one to report).
+        // request ended (its error or answer is the one to report).
         let mut offset = 0u64;
         let mut next = Some(first);
-        if !head.is_empty() && sender.send(Ok(head.into())).await.is_err() {
-            return Ok(None);
+        if !head.is_empty() && !push(Ok(head.into())).await {
+            return Ok(Ok(false));
         }
         while offset < size {
             let mut data = match next.take() {
@@ -302,34 +320,32 @@ async fn upload(
                 None => match files::read_chunk(kernel, path, offset).await? {
                     Ok((data, _)) => data,
                     Err(refused) => {
-                        let _ = sender.send(Err(std::io::Error::other("read failed"))).await;
-                        return Ok(Some(refused));
+                        push(Err(std::io::Error::other("read failed"))).await;
+                        return Ok(Err(refused));
                     }
                 },
             };
             if data.is_empty() {
-                let _ = sender.send(Err(std::io::Error::other("file shrank"))).await;
-                return Ok(Some(ApiError::new(
+                push(Err(std::io::Error::other("file shrank"))).await;
+                return Ok(Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "the file shrank while it was exported",
                 )));
             }
             data.truncate((size - offset).min(data.len() as u64) as usize);
             offset += data.len() as u64;
-            if sender.send(Ok(data.into())).await.is_err() {
-                return Ok(None);
+            if !push(Ok(data.into())).await {
+                return Ok(Ok(false));
             }
         }
-        if !tail.is_empty() {
-            let _ = sender.send(Ok(tail.into())).await;
-        }
-        drop(sender);
-        Ok::<_, ExecuteError>(None)
+        let whole = tail.is_empty() || push(Ok(tail.into())).await;
+        Ok::<_, ExecuteError>(Ok(whole))
     };
     let (sent, produced) = tokio::join!(send, produce);
-    if let Some(failure) = produced? {
-        return Ok(Err(failure));
-    }
+    let whole = match produced? {
+        Ok(whole) => whole,
+        Err(failure) => return Ok(Err(failure)),
+    };
     let mut response = match sent {
         Ok(response) => response,
         Err(e) => return Ok(Err(e.into())),
@@ -337,8 +353,14 @@ async fn upload(
     let status = response.status();
     // A presigned POST with `success_action_redirect` answers 303 on success.
     let redirected_post = status == StatusCode::SEE_OTHER && method == reqwest::Method::POST;
-    if status.is_success() || redirected_post {
+    if (status.is_success() || redirected_post) && whole {
         return Ok(Ok(size));
+    }
+    if status.is_success() || redirected_post {
+        return Ok(Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            format!("the upload server answered {status} before the whole file was sent"),
+        )));
     }
     let said = match response.chunk().await {
         Ok(Some(bytes)) => String::from_utf8_lossy(&bytes[..bytes.len().min(300)]).into_owned(),

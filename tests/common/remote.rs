@@ -19,6 +19,11 @@ pub enum Reply {
     Unsized(usize),
     /// A head claiming `length` bytes, then a few bytes and the close.
     Claims(u64),
+    /// Answers this status as soon as the request head is in, reads none of
+    /// the body and keeps the connection open for a minute.
+    Early(u16),
+    /// Never answers (the connection stays open for a minute).
+    Stall,
 }
 
 /// One request as received.
@@ -110,7 +115,7 @@ impl Drop for Remote {
 }
 
 async fn serve(mut stream: TcpStream, shared: Arc<Mutex<Shared>>) {
-    let Some(request) = read_request(&mut stream).await else {
+    let Some((mut request, rest)) = read_head(&mut stream).await else {
         return;
     };
     let reply = shared
@@ -119,6 +124,22 @@ async fn serve(mut stream: TcpStream, shared: Arc<Mutex<Shared>>) {
         .routes
         .get(request.path.split('?').next().unwrap_or(""))
         .cloned();
+    if let Some(Reply::Stall) = reply {
+        shared.lock().unwrap().received.push(request);
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        return;
+    }
+    if let Some(Reply::Early(status)) = reply {
+        shared.lock().unwrap().received.push(request);
+        let head = format!("HTTP/1.1 {status} X\r\nContent-Length: 4\r\n\r\nnope");
+        let _ = stream.write_all(head.as_bytes()).await;
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        return;
+    }
+    request.body = match read_body(&mut stream, &request, rest).await {
+        Some(body) => body,
+        None => return,
+    };
     let method = request.method.clone();
     shared.lock().unwrap().received.push(request);
     let reply = reply.unwrap_or_else(|| match method.as_str() {
@@ -152,6 +173,7 @@ async fn serve(mut stream: TcpStream, shared: Arc<Mutex<Shared>>) {
                 left -= k;
             }
         }
+        Reply::Early(_) | Reply::Stall => unreachable!("answered above"),
         Reply::Claims(length) => {
             let head = format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {length}\r\nConnection: close\r\n\r\nabc"
@@ -162,9 +184,9 @@ async fn serve(mut stream: TcpStream, shared: Arc<Mutex<Shared>>) {
     let _ = stream.shutdown().await;
 }
 
-/// A request with a Content-Length body (what the gateway sends); `None`
-/// when the connection ends first.
-async fn read_request(stream: &mut TcpStream) -> Option<Received> {
+/// A request head, and the bytes read past it; `None` when the connection
+/// ends first.
+async fn read_head(stream: &mut TcpStream) -> Option<(Received, Vec<u8>)> {
     let mut buffer = Vec::new();
     let mut piece = [0u8; 16 * 1024];
     let end = loop {
@@ -189,12 +211,26 @@ async fn read_request(stream: &mut TcpStream) -> Option<Received> {
         .filter_map(|line| line.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
         .collect();
-    let length: usize = headers
-        .iter()
-        .find(|(n, _)| n == "content-length")
-        .and_then(|(_, v)| v.parse().ok())
+    let request = Received {
+        method,
+        path,
+        headers,
+        body: Vec::new(),
+    };
+    Some((request, buffer[end + 4..].to_vec()))
+}
+
+/// A Content-Length body (what the gateway sends).
+async fn read_body(
+    stream: &mut TcpStream,
+    request: &Received,
+    mut body: Vec<u8>,
+) -> Option<Vec<u8>> {
+    let length: usize = request
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let mut body = buffer[end + 4..].to_vec();
+    let mut piece = [0u8; 16 * 1024];
     while body.len() < length {
         let n = stream.read(&mut piece).await.ok()?;
         if n == 0 {
@@ -202,12 +238,7 @@ async fn read_request(stream: &mut TcpStream) -> Option<Received> {
         }
         body.extend_from_slice(&piece[..n]);
     }
-    Some(Received {
-        method,
-        path,
-        headers,
-        body,
-    })
+    Some(body)
 }
 
 /// The parts of a multipart/form-data body, in order: (name, filename, bytes).
