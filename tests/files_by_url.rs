@@ -317,6 +317,33 @@ async fn internal_addresses_are_refused_before_any_connection() {
         404,
         "the partial file is gone"
     );
+    // A fetch that fails before its first byte leaves an existing file as it was.
+    remote.file("/data.csv", CSV);
+    assert_eq!(
+        fetch(&gw, "guarded", &remote.url("/data.csv"), "", "keep.csv")
+            .await
+            .0,
+        201
+    );
+    let (status, answer) = fetch(&gw, "guarded", &remote.url("/unsized-big"), "", "keep.csv").await;
+    assert_eq!(status, 413, "{answer}");
+    assert_eq!(
+        get_file(&gw, "guarded", "keep.csv").await.0,
+        404,
+        "written in part: deleted"
+    );
+    assert_eq!(
+        fetch(&gw, "guarded", &remote.url("/data.csv"), "", "keep.csv")
+            .await
+            .0,
+        201
+    );
+    let (status, answer) = fetch(&gw, "guarded", &remote.url("/missing"), "", "keep.csv").await;
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(
+        get_file(&gw, "guarded", "keep.csv").await,
+        (200, CSV.to_vec())
+    );
     // An error of the remote server is 502.
     let (status, answer) = fetch(&gw, "guarded", &remote.url("/missing"), "", "m.csv").await;
     assert_eq!(status, 502, "{answer}");

@@ -131,11 +131,7 @@ pub async fn fetch(
         let size = state
             .sessions
             .with_kernel(&user, true, KERNEL_CALL_TIMEOUT, async |kernel| {
-                let written = stream_into(kernel, &transfers, response, &path).await?;
-                if written.is_err() {
-                    files::delete_quietly(kernel, &path).await?;
-                }
-                Ok(written)
+                stream_into(kernel, &transfers, response, &path).await
             })
             .await?
             .map_err(|e| prefixed(i, e))?;
@@ -145,7 +141,9 @@ pub async fn fetch(
     Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response())
 }
 
-/// The response body into the file at `path`, in chunks, counted against the cap.
+/// The response body into the file at `path`, in chunks, counted against the
+/// cap. A file written in part is deleted; one the failure came before (the
+/// first write truncates) is left as it was.
 async fn stream_into(
     kernel: &mut KernelClient,
     transfers: &Transfers,
@@ -157,12 +155,13 @@ async fn stream_into(
     loop {
         let part = match response.chunk().await {
             Ok(part) => part,
-            Err(e) => return Ok(Err(transfers.failure(e).into())),
+            Err(e) => return abandon(kernel, path, offset, transfers.failure(e).into()).await,
         };
         let ended = part.is_none();
         if let Some(part) = part {
             if offset + (chunk.len() + part.len()) as u64 > transfers.max_bytes {
-                return Ok(Err(TransferError::TooLarge(transfers.max_bytes).into()));
+                let error = TransferError::TooLarge(transfers.max_bytes).into();
+                return abandon(kernel, path, offset, error).await;
             }
             chunk.extend_from_slice(&part);
         }
@@ -170,7 +169,7 @@ async fn stream_into(
         while chunk.len() >= CHUNK || (ended && (!chunk.is_empty() || offset == 0)) {
             let n = chunk.len().min(CHUNK);
             if let Err(refused) = files::write_chunk(kernel, path, offset, &chunk[..n]).await? {
-                return Ok(Err(refused));
+                return abandon(kernel, path, offset, refused).await;
             }
             offset += n as u64;
             chunk.drain(..n);
@@ -182,6 +181,19 @@ async fn stream_into(
             return Ok(Ok(offset));
         }
     }
+}
+
+/// Ends a fetch with `error`, deleting the file when `written` bytes of it are.
+async fn abandon(
+    kernel: &mut KernelClient,
+    path: &str,
+    written: u64,
+    error: ApiError,
+) -> Result<Result<u64, ApiError>, ExecuteError> {
+    if written > 0 {
+        files::delete_quietly(kernel, path).await?;
+    }
+    Ok(Err(error))
 }
 
 /// `POST /files/export?user_uuid=`: uploads each session file to its `upload_url`.
