@@ -776,7 +776,7 @@ start_gateway() {
 }
 
 # build_gateway: cargo build --release [--locked] --no-default-features (the
-# gateway without `bench` and its HTTP client); prints the binary's path.
+# gateway without `bench`); prints the binary's path.
 build_gateway() {
 	command -v cargo >/dev/null ||
 		die "cargo not found: install a Rust toolchain (https://rustup.rs) to build the gateway"

@@ -24,6 +24,32 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub network: NetworkConfig,
     pub sessions: SessionsConfig,
+    pub files: FilesConfig,
+}
+
+/// Files by URL (`POST /files`, `POST /files/export`): the gateway's own
+/// HTTP transfers, bounded and guarded (src/net_guard.rs).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Largest file fetched or exported by URL, bytes (413 beyond); the
+    /// worker's disk (`limits.disk_mb`) bounds it too.
+    pub max_url_bytes: u64,
+    /// Longest one transfer by URL may take, connection to last byte, seconds (504 beyond).
+    pub url_timeout_secs: u64,
+    /// Networks the transfers may reach although the guard refuses them
+    /// (loopback, private, link-local...): "CIDR" or "IP".
+    pub url_allow: Vec<crate::net_guard::Cidr>,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        Self {
+            max_url_bytes: 100 * 1024 * 1024,
+            url_timeout_secs: 300,
+            url_allow: Vec::new(),
+        }
+    }
 }
 
 /// When sessions end by themselves.
@@ -601,6 +627,9 @@ impl Config {
                 bail!("worker.mounts: target {} is listed twice", mount.target);
             }
         }
+        if self.files.max_url_bytes == 0 || !(1..=86_400).contains(&self.files.url_timeout_secs) {
+            bail!("files.max_url_bytes must be positive and files.url_timeout_secs in [1, 86400]");
+        }
         if self.pool.preload.len() > 32 {
             bail!("pool.preload lists at most 32 modules");
         }
@@ -844,6 +873,14 @@ mod tests {
         assert_eq!(ours.min_idle, default.min_idle);
         assert_eq!(ours.queue_timeout_secs, default.queue_timeout_secs);
         assert_eq!(ours.max_idle, default.max_idle);
+        let (ours, default) = (&shipped.files, FilesConfig::default());
+        assert_eq!(ours.max_url_bytes, default.max_url_bytes);
+        assert_eq!(ours.url_timeout_secs, default.url_timeout_secs);
+        assert!(ours.url_allow.is_empty());
+        let files: Config =
+            toml::from_str("[files]\nurl_allow = [\"127.0.0.1/32\", \"::1\"]\n").unwrap();
+        assert_eq!(files.files.url_allow.len(), 2);
+        assert!(toml::from_str::<Config>("[files]\nurl_allow = [\"localhost\"]\n").is_err());
     }
 
     #[test]

@@ -17,12 +17,14 @@ mod front;
 mod host;
 mod kernel;
 mod metrics;
+mod net_guard;
 mod pool;
 mod random;
 mod server;
 mod sessions;
 mod shutdown;
 mod state;
+mod transfer;
 mod worker;
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};

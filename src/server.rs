@@ -145,6 +145,10 @@ pub async fn run(config: Config) -> Result<()> {
         podman_version,
         started: Instant::now(),
         max_connections: limits.max_connections,
+        transfers: Arc::new(
+            crate::transfer::Transfers::new(&config)
+                .context("building the HTTP client of files by URL")?,
+        ),
     });
     let listener = listen(config.server.listen)
         .with_context(|| format!("listening on {}", config.server.listen))?;

@@ -359,7 +359,8 @@ async fn the_document_is_true() {
         max_workers: 1,
         // The "full" examples: a newcomer waits this long for the one slot.
         queue_timeout_secs: 1.0,
-        extra: "[limits]\ndisk_mb = 16\n".into(),
+        // Files by URL reach this test's own server on 127.0.0.1 only.
+        extra: "[limits]\ndisk_mb = 16\n[files]\nurl_allow = [\"127.0.0.1/32\"]\n".into(),
         ..Options::default()
     })
     .await;
@@ -467,6 +468,56 @@ async fn the_document_is_true() {
     c.expect(call, "download").await;
     c.expect(Call::file("GET", "missing.csv"), "not_found")
         .await;
+
+    // Files by URL, from and to this test's own server.
+    let remote = common::remote::Remote::start().await;
+    remote.file("/exports/sales.csv", b"x,y\n1,2\n3,4\n5,6\n");
+    remote.route("/huge.bin", common::remote::Reply::Claims(17 * 1024 * 1024));
+    let fetch = |url: String, path: &str| json!({"files": [{"download_url": url, "path": path, "name": "sales.csv"}]});
+    let mut call = Call::new("POST", "/files");
+    call.query = "?user_uuid=example-user";
+    call.body = Some(Body::Json(fetch(
+        remote.url("/exports/sales.csv"),
+        "/sandbox/data",
+    )));
+    c.expect(call, "fetched").await;
+    for (name, body) in [
+        (
+            "refused_address",
+            fetch("http://169.254.169.254/latest/meta-data/".into(), ""),
+        ),
+        ("empty_list", json!({"files": []})),
+        ("bad_path", fetch(remote.url("/exports/sales.csv"), "/etc")),
+        ("too_large", fetch(remote.url("/huge.bin"), "")),
+        ("remote_failed", fetch(remote.url("/missing.csv"), "")),
+    ] {
+        let mut call = Call::new("POST", "/files");
+        call.prefix = "/api/v1";
+        call.query = "?user_uuid=example-user";
+        call.body = Some(Body::Json(body));
+        c.expect(call, name).await;
+    }
+    let export = |name: &str| json!({"files": [{"path": "/sandbox", "name": name, "upload_url": remote.url("/bucket/data.csv")}]});
+    let mut call = Call::new("POST", "/files/export");
+    call.query = "?user_uuid=example-user";
+    call.body = Some(Body::Json(export("data.csv")));
+    c.expect(call, "exported").await;
+    let put = remote.received().into_iter().find(|r| r.method == "PUT");
+    assert_eq!(put.unwrap().body, b"x,y\n1,2\n3,4\n5,6\n");
+    for (name, file) in [("not_found", "missing.csv"), ("bad_name", "../data.csv")] {
+        let mut call = Call::new("POST", "/files/export");
+        call.prefix = "/api/v1";
+        call.query = "?user_uuid=example-user";
+        call.body = Some(Body::Json(export(file)));
+        c.expect(call, name).await;
+    }
+    for path in ["/files", "/files/export"] {
+        let mut call = Call::new("POST", path);
+        call.query = "?user_uuid=example-user";
+        call.body = Some(Body::Json(json!({"files": []})));
+        call.token = false;
+        c.expect(call, "unauthorized").await;
+    }
     // (URL libraries resolve a literal `..`; an encoded slash keeps it in one segment.)
     for (method, value) in [
         ("GET", "..%2Fetc%2Fpasswd"),
@@ -560,6 +611,10 @@ async fn the_document_is_true() {
     let mut call = Call::file("PUT", "data.csv");
     call.query = "?user_uuid=newcomer";
     call.body = Some(Body::Raw("application/octet-stream", b"x".to_vec()));
+    c.expect(call, "full").await;
+    let mut call = Call::new("POST", "/files");
+    call.query = "?user_uuid=newcomer";
+    call.body = Some(Body::Json(fetch(remote.url("/exports/sales.csv"), "")));
     c.expect(call, "full").await;
 
     // /release: the example, the same through the query string with no body, and errors.

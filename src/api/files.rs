@@ -26,11 +26,11 @@ use super::AppState;
 use crate::kernel::{ExecuteError, KernelClient};
 
 /// Bytes moved per kernel call.
-const CHUNK: usize = 2 * 1024 * 1024;
+pub(super) const CHUNK: usize = 2 * 1024 * 1024;
 /// Longest one kernel call of a transfer (a chunk, a listing, a delete) may
 /// take. Not Podman's call timeout (`worker::podman`), which bounds calls to
 /// the Podman service and happens to be 60 s as well.
-const KERNEL_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const KERNEL_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest accepted path, bytes.
 const MAX_PATH: usize = 1024;
 
@@ -74,9 +74,7 @@ where
                 if offset + chunk.len() as u64 > limit {
                     return Ok(Err(too_large(limit)));
                 }
-                let data = base64::engine::general_purpose::STANDARD.encode(&chunk);
-                let call = format!("write({}, {offset}, {})", literal(&path), literal(&data));
-                if let Err(refused) = call_kernel(kernel, &call).await? {
+                if let Err(refused) = write_chunk(kernel, &path, offset, &chunk).await? {
                     return Ok(Err(refused));
                 }
                 offset += chunk.len() as u64;
@@ -103,17 +101,10 @@ pub async fn download(
         .with_kernel(&user, false, KERNEL_CALL_TIMEOUT, async |kernel| {
             let mut content: Vec<u8> = Vec::new();
             loop {
-                let call = format!("read({}, {}, {CHUNK})", literal(&path), content.len());
-                let reply = match call_kernel(kernel, &call).await? {
-                    Ok(reply) => reply,
+                let (data, size) = match read_chunk(kernel, &path, content.len() as u64).await? {
+                    Ok(read) => read,
                     Err(refused) => return Ok(Err(refused)),
                 };
-                let data = base64::engine::general_purpose::STANDARD
-                    .decode(reply["data"].as_str().unwrap_or_default())
-                    .map_err(|e| {
-                        ExecuteError::Kernel(anyhow::anyhow!("kernel sent bad base64: {e}"))
-                    })?;
-                let size = reply["size"].as_u64().unwrap_or(0);
                 content.extend_from_slice(&data);
                 if content.len() as u64 > limit {
                     return Ok(Err(too_large(limit)));
@@ -172,6 +163,51 @@ pub async fn delete(
     )
 }
 
+/// Writes `data` at `offset` of the file at `path` (relative to the work
+/// directory, checked); offset 0 creates or truncates it.
+pub(super) async fn write_chunk(
+    kernel: &mut KernelClient,
+    path: &str,
+    offset: u64,
+    data: &[u8],
+) -> Result<Result<(), ApiError>, ExecuteError> {
+    let data = base64::engine::general_purpose::STANDARD.encode(data);
+    let call = format!("write({}, {offset}, {})", literal(path), literal(&data));
+    Ok(call_kernel(kernel, &call).await?.map(|_| ()))
+}
+
+/// Reads at most [`CHUNK`] bytes at `offset`; also the file's size now.
+pub(super) async fn read_chunk(
+    kernel: &mut KernelClient,
+    path: &str,
+    offset: u64,
+) -> Result<Result<(Vec<u8>, u64), ApiError>, ExecuteError> {
+    let call = format!("read({}, {offset}, {CHUNK})", literal(path));
+    let reply = match call_kernel(kernel, &call).await? {
+        Ok(reply) => reply,
+        Err(refused) => return Ok(Err(refused)),
+    };
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(reply["data"].as_str().unwrap_or_default())
+        .map_err(|e| ExecuteError::Kernel(anyhow::anyhow!("kernel sent bad base64: {e}")))?;
+    if data.len() > CHUNK {
+        return Err(ExecuteError::Kernel(anyhow::anyhow!(
+            "the file helper sent more than it was asked for"
+        )));
+    }
+    Ok(Ok((data, reply["size"].as_u64().unwrap_or(0))))
+}
+
+/// Deletes the file at `path`, whatever the helper answers (a partial
+/// transfer's clean-up).
+pub(super) async fn delete_quietly(
+    kernel: &mut KernelClient,
+    path: &str,
+) -> Result<(), ExecuteError> {
+    let _ = call_kernel(kernel, &format!("delete({})", literal(path))).await?;
+    Ok(())
+}
+
 /// Calls a function of the in-kernel helper; the outer error means the kernel
 /// failed (the worker is reset), the inner one that the helper refused.
 async fn call_kernel(
@@ -200,7 +236,7 @@ async fn call_kernel(
     Ok(Err(ApiError::new(status, detail)))
 }
 
-fn too_large(limit: u64) -> ApiError {
+pub(super) fn too_large(limit: u64) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!(
@@ -251,6 +287,48 @@ pub fn work_relative(path: &str) -> Result<&str, String> {
     }
     validate_path(relative)?;
     Ok(relative)
+}
+
+/// The work directory's path relative to itself for a directory `dir` and a
+/// file `name` of a request body: `dir` is absolute inside the work directory
+/// (`/sandbox/data`, or `/home/sandbox/data`), relative to it (`data`), or the
+/// directory itself; `name` is one path component. The result is checked like
+/// a URL path.
+pub(super) fn in_work_dir(dir: &str, name: &str) -> Result<String, String> {
+    if name.is_empty() || name.contains(['/', '\\']) || name.contains("..") || name == "." {
+        return Err(format!(
+            "the name {name:?} must be one path component (no separator, no \"..\")"
+        ));
+    }
+    let dir = dir.trim_end_matches('/');
+    let relative = if dir.is_empty() || dir == "." || WORK_DIR_NAMES.contains(&dir) {
+        ""
+    } else if dir.starts_with('/') || dir.starts_with('~') {
+        let outside = || {
+            format!(
+                "the path {dir:?} is outside the work directory {}",
+                WORK_DIR_NAMES[0]
+            )
+        };
+        if dir.starts_with('~') {
+            return Err(outside());
+        }
+        work_relative(dir).map_err(|_| outside())?
+    } else {
+        dir
+    };
+    let path = if relative.is_empty() {
+        name.to_string()
+    } else {
+        format!("{relative}/{name}")
+    };
+    validate_path(&path)?;
+    Ok(path)
+}
+
+/// The absolute path of a path relative to the work directory.
+pub(super) fn full_path(relative: &str) -> String {
+    format!("{}/{relative}", WORK_DIR_NAMES[0])
 }
 
 /// A path relative to the work directory, without tricks.
@@ -332,6 +410,41 @@ mod tests {
         ] {
             assert!(work_relative(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn body_paths_stay_in_the_work_directory() {
+        assert_eq!(in_work_dir("/home/sandbox", "a.csv").unwrap(), "a.csv");
+        assert_eq!(in_work_dir("/home/sandbox/", "a.csv").unwrap(), "a.csv");
+        assert_eq!(in_work_dir("", "a.csv").unwrap(), "a.csv");
+        assert_eq!(in_work_dir(".", "a.csv").unwrap(), "a.csv");
+        assert_eq!(
+            in_work_dir("/home/sandbox/d/e", "a.csv").unwrap(),
+            "d/e/a.csv"
+        );
+        assert_eq!(in_work_dir("d", "a.csv").unwrap(), "d/a.csv");
+        for (dir, name) in [
+            ("/etc", "a"),
+            ("/home/sandboxx", "a"),
+            ("/home/sandbox/../x", "a"),
+            ("../x", "a"),
+            ("~", "a"),
+            ("/sandboxx", "a"),
+            ("~/x", "a"),
+            ("d", "a/b"),
+            ("d", "a\\b"),
+            ("d", ".."),
+            ("d", "."),
+            ("d", ""),
+            ("d", "x..y"),
+            ("d//e", "a"),
+            ("d", "a\0"),
+        ] {
+            assert!(in_work_dir(dir, name).is_err(), "{dir:?} {name:?} accepted");
+        }
+        assert_eq!(full_path("d/a.csv"), "/sandbox/d/a.csv");
+        assert_eq!(in_work_dir("/sandbox/d", "a.csv").unwrap(), "d/a.csv");
+        assert_eq!(in_work_dir("/sandbox/", "a.csv").unwrap(), "a.csv");
     }
 
     #[test]

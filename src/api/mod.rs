@@ -11,6 +11,7 @@ mod cors;
 mod errors;
 mod execute;
 mod files;
+mod files_url;
 pub mod models;
 mod openapi;
 mod playground;
@@ -49,6 +50,8 @@ pub struct AppState {
     /// Connections the HTTP front serves at once (the configured limit, or
     /// less when the open-file limit does not fit it).
     pub max_connections: usize,
+    /// The HTTP client of files by URL, with its limits.
+    pub transfers: Arc<crate::transfer::Transfers>,
 }
 
 /// Every route the gateway serves, as (method, path). The API routes (all but
@@ -69,6 +72,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/files/{path}"),
     ("PUT", "/files/{path}"),
     ("DELETE", "/files/{path}"),
+    ("POST", "/files"),
+    ("POST", "/files/export"),
 ];
 
 /// The original's versioned prefix, under which the API routes are served as well.
@@ -174,6 +179,25 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .then(|path, state, user, body| async move {
             respond(files::upload(state, path, user, body).await)
         });
+    // Files by URL: `POST /files` fetches, `POST /files/export` uploads.
+    let fetch = warp::path!("files")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(with_state.clone())
+        .and(user_query())
+        .and(body::json(files_url::BODY_LIMIT))
+        .then(
+            |state, user, body| async move { respond(files_url::fetch(state, user, body).await) },
+        );
+    let export = warp::path!("files" / "export")
+        .and(warp::post())
+        .and(auth.clone())
+        .and(with_state.clone())
+        .and(user_query())
+        .and(body::json(files_url::BODY_LIMIT))
+        .then(
+            |state, user, body| async move { respond(files_url::export(state, user, body).await) },
+        );
     let delete = file_path()
         .and(warp::delete())
         .and(auth)
@@ -187,6 +211,10 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .or(upload)
         .unify()
         .or(delete)
+        .unify()
+        .or(fetch)
+        .unify()
+        .or(export)
         .unify()
         .boxed();
     health
@@ -309,6 +337,7 @@ pub(crate) fn test_state_with(edit: impl FnOnce(&mut Config)) -> (Arc<AppState>,
         registry,
     ));
     let host = HostInfo::detect(cgroups);
+    let transfers = Arc::new(crate::transfer::Transfers::new(&config).unwrap());
     let state = Arc::new(AppState {
         config,
         token: Token::new("test-token-0123456789".into()),
@@ -319,6 +348,7 @@ pub(crate) fn test_state_with(edit: impl FnOnce(&mut Config)) -> (Arc<AppState>,
         podman_version: "test".into(),
         started: Instant::now(),
         max_connections: 1024,
+        transfers,
     });
     (state, dir)
 }

@@ -10,6 +10,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
+pub mod remote;
+
 use std::fs;
 use std::io::Read;
 use std::net::TcpListener;
