@@ -313,7 +313,17 @@ pub(super) fn in_work_dir(dir: &str, name: &str) -> Result<String, String> {
         if dir.starts_with('~') {
             return Err(outside());
         }
-        work_relative(dir).map_err(|_| outside())?
+        // A path under the work directory keeps its own complaint (a `..`, say).
+        work_relative(dir).map_err(|e| {
+            if WORK_DIR_NAMES
+                .iter()
+                .any(|d| dir.starts_with(&format!("{d}/")))
+            {
+                e
+            } else {
+                outside()
+            }
+        })?
     } else {
         dir
     };
