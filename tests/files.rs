@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Instant;
 
-use common::{Gateway, Options};
+use common::{noise, Gateway, Options};
 use serde_json::Value;
 
 async fn put(gw: &Gateway, user: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
@@ -33,19 +33,6 @@ async fn get(gw: &Gateway, user: &str, path: &str) -> (u16, Vec<u8>) {
         response.status().as_u16(),
         response.bytes().await.unwrap().to_vec(),
     )
-}
-
-/// Deterministic incompressible bytes.
-fn noise(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

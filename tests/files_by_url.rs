@@ -10,7 +10,7 @@
 mod common;
 
 use common::remote::{multipart, Remote, Reply};
-use common::{Gateway, Options};
+use common::{noise, Gateway, Options};
 use serde_json::{json, Value};
 
 const CSV: &[u8] = b"x,y\n1,2\n3,4\n5,6\n";
@@ -44,19 +44,6 @@ async fn get_file(gw: &Gateway, user: &str, path: &str) -> (u16, Vec<u8>) {
         .unwrap();
     let status = response.status().as_u16();
     (status, response.bytes().await.unwrap().to_vec())
-}
-
-/// Deterministic incompressible bytes.
-fn noise(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect()
 }
 
 fn detail(body: &Value) -> &str {

@@ -584,7 +584,24 @@ print(out[0], subprocess.run(["echo", "subprocess ok"], capture_output=True, tex
         gw.post("/release", json!({"user_uuid": newcomer})).await;
     }
     gw.wait_idle(2, Duration::from_secs(30)).await;
-    let status = gw.status().await;
+    // Nothing else frees a uid meanwhile: no start, no removal under way (the
+    // newcomers' workers are gone: every live worker is a session's or idle).
+    let settled = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let status = gw.status().await;
+        let count = |key: &str| status[key].as_u64().unwrap();
+        if count("creating_workers") == 0
+            && count("total_workers") == count("sessions") + count("idle_workers_in_pool")
+            && status["capacity"]["sandbox_uids_in_use"] == status["total_workers"]
+        {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < settled,
+            "the pool never settled: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     assert_eq!(status["counters"]["worker_start_failures"], 0, "{status}");
 
     // Releasing mallory removes every one of its processes and frees its uid.

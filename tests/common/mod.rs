@@ -589,3 +589,16 @@ pub fn assert_png(b64: &str) {
     let height = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
     assert!(width > 0 && height > 0, "PNG of {width}x{height}");
 }
+
+/// Deterministic incompressible bytes (file transfer tests).
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
