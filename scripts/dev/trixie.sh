@@ -4,24 +4,13 @@
 # bookworm host, cached under $BASE_CACHE_DIR (sourced after scripts/lib.sh).
 #
 # Bookworm's Podman (4.3) has no Quadlet, and installing trixie's podman on the
-# host would upgrade libc6 and systemd. So:
-#   trixie_quadlet       the quadlet generator from trixie's podman .deb (it
-#                        runs on bookworm as is), fetched with a private apt
-#                        state: the host's apt configuration is not touched;
-#   trixie_rootfs        a debootstrapped trixie with systemd and Podman 5, the
-#                        root of the end-to-end test's "machine".
-# Both print the path of what they made and cache it; a second call is instant.
+# host would upgrade libc6 and systemd. So trixie_quadlet fetches the quadlet
+# generator from trixie's podman .deb (it runs on bookworm as is) with a
+# private apt state: the host's apt configuration is not touched. It prints
+# the path and caches it; a second call is instant. (The end-to-end test's
+# trixie machine is scripts/dev/machine-rootfs.sh's.)
 
 TRIXIE_APT_DIR=$BASE_CACHE_DIR/trixie-apt
-# Everything the end-to-end machine needs: systemd as PID 1 with logind and a
-# user D-Bus (for lingering users), Podman 5 with its helpers (passt for
-# rootless networking, nftables for netavark), and what scripts/install.sh and
-# the test use. Also scripts/lib.sh's required_packages, so install.sh finds
-# nothing to install and the machine needs no network.
-TRIXIE_PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd
-	podman crun runc conmon uidmap passt slirp4netns catatonit aardvark-dns
-	netavark nftables golang-github-containers-common debootstrap
-	curl ca-certificates util-linux iproute2 procps)
 
 # trixie_apt ARGS...: apt-get with trixie as its only source and every piece of
 # state (lists, archives) in $TRIXIE_APT_DIR.
@@ -56,34 +45,4 @@ trixie_quadlet() {
 	as_root mv "$d/podman.tmp" "$d/podman"
 	log "quadlet: $(basename "$deb") unpacked" >&2
 	echo "$d/podman/usr/libexec/podman/quadlet"
-}
-
-# trixie_rootfs: prints the path of a cached tarball of a trixie root
-# filesystem with systemd and Podman 5 (debootstrap, about 90 s the first
-# time). The file name carries a hash of the package list.
-trixie_rootfs() {
-	local key tarball rootfs
-	key=$(printf '%s\n' "${TRIXIE_PACKAGES[@]}" | sha256sum | cut -c1-12)
-	tarball=$BASE_CACHE_DIR/trixie-systemd-podman-$key.tar
-	if [[ -f $tarball ]]; then
-		echo "$tarball"
-		return 0
-	fi
-	log "trixie rootfs: debootstrap --variant=minbase trixie (about 90 s)" >&2
-	as_root mkdir -p "$BASE_CACHE_DIR"
-	rootfs=$(as_root mktemp -d "$BASE_CACHE_DIR/trixie-rootfs.XXXXXX")
-	if ! as_root debootstrap --variant=minbase --include="$(
-		IFS=,
-		echo "${TRIXIE_PACKAGES[*]}"
-	)" trixie "$rootfs" "$(debian_mirror)" >"$BASE_CACHE_DIR/trixie-debootstrap.log" 2>&1; then
-		tail -n 20 "$BASE_CACHE_DIR/trixie-debootstrap.log" >&2
-		as_root rm -rf "$rootfs"
-		die "debootstrap of trixie failed (log: $BASE_CACHE_DIR/trixie-debootstrap.log)"
-	fi
-	slim_rootfs "$rootfs"
-	as_root sh -c 'rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin "$1"/var/cache/apt/archives/*.deb' sh "$rootfs"
-	as_root tar --numeric-owner -C "$rootfs" -cf "$tarball.tmp" .
-	as_root mv "$tarball.tmp" "$tarball"
-	as_root rm -rf "$rootfs"
-	echo "$tarball"
 }
