@@ -1,21 +1,25 @@
 #!/usr/bin/env bash
-# install.sh — deploys the gateway as a systemd service on a server with
-# systemd and Podman >= 4.4: a rootless container run by Quadlet units
-# (quadlet/), managed with `systemctl --user`. Run as root (it creates the
-# service user `code-interpreter`, or $CODE_INTERPRETER_USER) or as the user
-# that will run the service. Idempotent: a second run only checks and skips.
+# install.sh — deploys the gateway as a systemd user service of the service
+# user `code-interpreter` (or $CODE_INTERPRETER_USER), managed with
+# `systemctl --user`, started at boot. With Podman >= 4.4 the gateway is a
+# rootless container run by Quadlet units (quadlet/); with an older Podman
+# (Debian 12's 4.3 has no Quadlet) the gateway binary runs under the plain
+# unit systemd/code-interpreter.service. Run as root (it creates the service
+# user) or as the user that will run the service. Idempotent: a second run
+# only checks and skips.
 #
 # Steps: packages (Debian family, as root), host checks (systemd, Podman
 # version, cgroup delegation), service user with linger, rootless Podman
-# configuration and the user's podman.socket, the worker and gateway images,
-# config, units, `systemctl --user daemon-reload`. It does not start the
+# configuration and the user's podman.socket, the worker image, the gateway
+# (Quadlet: its image; plain unit: the binary in ~/.local/lib/code-interpreter),
+# config, unit(s), `systemctl --user daemon-reload`. It does not start the
 # service unless --start is given; it prints the commands to do so.
 #
 # Usage: scripts/install.sh [--binary PATH | --build-in-container] [--start]
-#   --binary PATH           put this gateway binary in the image (default:
+#   --binary PATH           install this gateway binary (default:
 #                           `cargo build --release --no-default-features` here)
 #   --build-in-container    compile the gateway in a Rust container image
-#                           instead (needs a reachable registry)
+#                           instead (Quadlet only; needs a reachable registry)
 #   --start                 start the service and wait until it is healthy
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
@@ -23,19 +27,23 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=scripts/lib-quadlet.sh
 source "$REPO/scripts/lib-quadlet.sh"
 
-usage() { sed -n '14,19s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '18,23s/^# \{0,1\}//p' "$0"; }
 
 # Commands for an administrator: root reaches the user's manager with -M.
 print_next_steps() {
-	local sysctl podman logs
+	local sysctl token logs
 	if is_root; then
 		sysctl="systemctl --user -M $SVC_USER@"
-		podman="$REPO/scripts/token.sh"
+		token="$REPO/scripts/token.sh"
 		# (journalctl --user -u only reads the caller's own journal)
 		logs="journalctl _SYSTEMD_USER_UNIT=$GATEWAY_UNIT -f"
 	else
 		sysctl="systemctl --user"
-		podman="podman exec $GATEWAY_CONTAINER code-interpreter token"
+		if [[ $(installed_unit_kind) == quadlet ]]; then
+			token="podman exec $GATEWAY_CONTAINER code-interpreter token"
+		else
+			token="$CI_BIN token"
+		fi
 		logs="journalctl --user -u code-interpreter -f"
 	fi
 	cat <<EOM
@@ -44,9 +52,9 @@ code-interpreter is installed as the systemd user service $GATEWAY_UNIT of $SVC_
   start:   $sysctl start code-interpreter
   status:  $sysctl status code-interpreter
   logs:    $logs
-  token:   $podman
+  token:   $token
   config:  $CI_CONFIG (then: $sysctl restart code-interpreter)
-  URL:     $UNIT_URL
+  URL:     $(service_url)
 It starts by itself at boot (linger is enabled for $SVC_USER).
 EOM
 }
@@ -72,7 +80,10 @@ main() {
 	if is_root && command -v dpkg-query >/dev/null; then
 		ensure_packages
 	fi
-	require_quadlet_host
+	require_systemd_host
+	if ! has_quadlet && ((from_source)); then
+		die "--build-in-container builds the Quadlet unit's image: Podman $(podman_version) has no Quadlet (give --binary PATH or build with cargo)"
+	fi
 	ensure_service_user
 	ensure_user_manager
 	ensure_podman_config
@@ -86,16 +97,25 @@ main() {
 		ensure_gateway_image_from_source
 	else
 		[[ -n $bin ]] || bin=$(build_gateway)
-		ensure_gateway_image "$bin"
+		[[ -x $bin ]] || die "gateway binary $bin does not exist"
+		if has_quadlet; then
+			ensure_gateway_image "$bin"
+		else
+			install_svc_file "$bin" "$CI_BIN" 0755
+		fi
 	fi
 
 	install_config
-	install_units
+	if has_quadlet; then
+		install_units
+	else
+		install_plain_unit
+	fi
 	if ((start)); then
 		log "service: starting $GATEWAY_UNIT"
 		svc_systemctl start "$GATEWAY_UNIT"
 		wait_for 60 unit_healthy || die "$GATEWAY_UNIT did not become healthy within 60 s (see its log)"
-		log "service: healthy at $UNIT_URL"
+		log "service: healthy at $(service_url)"
 	fi
 	print_next_steps
 }

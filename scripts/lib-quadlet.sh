@@ -1,7 +1,11 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034 # constants for the scripts that source this file
-# lib-quadlet.sh — steps of the systemd (Quadlet) deployment, sourced after
-# scripts/lib.sh by scripts/install.sh, scripts/uninstall.sh and the tests.
+# lib-quadlet.sh — steps of the systemd deployment, sourced after scripts/lib.sh
+# by scripts/install.sh, scripts/uninstall.sh, the other scripts and the tests.
+# Two kinds of unit, one name (code-interpreter.service of the service user):
+#   quadlet  Podman >= 4.4: the gateway as a rootless container (quadlet/);
+#   plain    older Podman (Debian 12's 4.3): the gateway binary itself, run by
+#            the plain unit systemd/code-interpreter.service.
 # Like lib.sh: each step prints one line and skips itself when already done.
 
 GATEWAY_IMAGE=localhost/code-interpreter-gateway:latest
@@ -13,7 +17,11 @@ PODMAN_MIN_VERSION=4.4.0
 # Where the unit publishes the API (PublishPort in quadlet/code-interpreter.container).
 UNIT_URL=http://127.0.0.1:3874
 
+# The plain unit (for Podman without Quadlet), in the repo and installed.
+PLAIN_UNIT=$REPO/systemd/code-interpreter.service
+
 quadlet_dir() { echo "$SVC_HOME/.config/containers/systemd"; }
+plain_unit_path() { echo "$SVC_HOME/.config/systemd/user/$GATEWAY_UNIT"; }
 
 # svc_systemctl ARGS...: systemctl --user of the service user's manager.
 svc_systemctl() { svc_run systemctl --user "$@"; }
@@ -25,18 +33,57 @@ podman_version() { podman --version 2>/dev/null | awk '{ print $NF }'; }
 
 require_systemd() {
 	systemd_pid1 ||
-		die "systemd is not running as PID 1 here: the Quadlet deployment needs it (use scripts/start.sh instead)"
+		die "systemd is not running as PID 1 here: the systemd deployment needs it (use scripts/start.sh instead)"
 }
 
-# The host must run systemd and a Podman with Quadlet.
-require_quadlet_host() {
+# has_quadlet: the installed Podman has Quadlet (>= 4.4).
+has_quadlet() { version_ge "$(podman_version)" "$PODMAN_MIN_VERSION"; }
+
+# require_systemd_host: systemd and Podman; says which kind of unit this host gets.
+require_systemd_host() {
 	local version
 	require_systemd
-	command -v podman >/dev/null || die "podman is not installed (Podman >= $PODMAN_MIN_VERSION needed)"
+	command -v podman >/dev/null || die "podman is not installed"
 	version=$(podman_version)
-	version_ge "$version" "$PODMAN_MIN_VERSION" ||
-		die "Podman $version has no Quadlet: Podman >= $PODMAN_MIN_VERSION needed (on Debian 12, use scripts/start.sh)"
-	log "host: systemd, Podman $version"
+	if has_quadlet; then
+		log "host: systemd, Podman $version: Quadlet units"
+	else
+		log "host: systemd, Podman $version (no Quadlet before $PODMAN_MIN_VERSION): the plain unit"
+	fi
+}
+
+# installed_unit_kind: quadlet, plain or none (what install.sh installed here).
+installed_unit_kind() {
+	if [[ -f $(quadlet_dir)/code-interpreter.container ]]; then
+		echo quadlet
+	elif [[ -f $(plain_unit_path) ]]; then
+		echo plain
+	else
+		echo none
+	fi
+}
+
+# systemd_unit_installed: a running user manager and either kind of unit
+# (scripts/start.sh, stop.sh and restart.sh then go through systemctl).
+systemd_unit_installed() { user_systemd && [[ $(installed_unit_kind) != none ]]; }
+
+# service_url: the API's base URL for local checks: the Quadlet unit publishes
+# UNIT_URL; the plain unit listens where the config says.
+service_url() {
+	if [[ $(installed_unit_kind) == plain ]]; then gateway_url; else echo "$UNIT_URL"; fi
+}
+
+# service_token: the API token, from the gateway's container (Quadlet), else
+# from the state directory the binary uses (plain unit, scripts/start.sh).
+service_token() {
+	if svc_exists && svc_podman container exists "$GATEWAY_CONTAINER" 2>/dev/null; then
+		svc_podman exec "$GATEWAY_CONTAINER" code-interpreter token
+		return
+	fi
+	if ! svc_exists || [[ ! -x $CI_BIN ]]; then
+		die "gateway not installed: run scripts/install.sh or scripts/start.sh first"
+	fi
+	svc_run "$CI_BIN" token --config "$CI_CONFIG"
 }
 
 # Lingering gives the user a systemd manager (started at boot) and a D-Bus.
@@ -140,11 +187,13 @@ install_config() {
 	fi
 }
 
-# The units of quadlet/ into the user's Quadlet directory, then a daemon-reload
-# (which runs the generator); fails if the generator made no service.
+# The units of quadlet/ into the user's Quadlet directory (the plain unit
+# out of the way), then a daemon-reload (which runs the generator); fails if
+# the generator made no service.
 install_units() {
 	local unit dir
 	dir=$(quadlet_dir)
+	remove_plain_unit || true
 	svc_run mkdir -p "$dir"
 	for unit in "$REPO"/quadlet/*.container "$REPO"/quadlet/*.volume; do
 		install_svc_file "$unit" "$dir/${unit##*/}" 0644
@@ -155,6 +204,49 @@ install_units() {
 	log "units: installed in $dir, $GATEWAY_UNIT generated"
 }
 
-unit_healthy() { curl -fsS --max-time 2 "$UNIT_URL/health" >/dev/null 2>&1; }
+# install_plain_unit: the plain unit into the user's unit directory (Quadlet
+# units out of the way), daemon-reload, and enabled (with linger it starts at
+# boot, as a Quadlet unit with WantedBy= does).
+install_plain_unit() {
+	local dst
+	dst=$(plain_unit_path)
+	remove_quadlet_units || true
+	svc_run mkdir -p "${dst%/*}"
+	install_svc_file "$PLAIN_UNIT" "$dst" 0644
+	svc_systemctl daemon-reload
+	if [[ $(svc_systemctl is-enabled "$GATEWAY_UNIT" 2>/dev/null) != enabled ]]; then
+		svc_systemctl enable "$GATEWAY_UNIT" >/dev/null 2>&1 ||
+			die "systemctl --user enable $GATEWAY_UNIT failed (see: systemctl --user -M $SVC_USER@ status $GATEWAY_UNIT)"
+	fi
+	log "units: $dst installed and enabled"
+}
+
+# remove_quadlet_units: the Quadlet units of quadlet/, if installed (no reload).
+# Returns 1 when there was none.
+remove_quadlet_units() {
+	local unit dir removed=1
+	dir=$(quadlet_dir)
+	for unit in "$REPO"/quadlet/*.container "$REPO"/quadlet/*.volume; do
+		if [[ -f $dir/${unit##*/} ]]; then
+			svc_run rm -f "$dir/${unit##*/}"
+			removed=0
+		fi
+	done
+	return "$removed"
+}
+
+# remove_plain_unit: the plain unit, disabled and removed, if installed (no
+# reload). Returns 1 when there was none.
+remove_plain_unit() {
+	local dst
+	dst=$(plain_unit_path)
+	[[ -f $dst ]] || return 1
+	if user_systemd; then
+		svc_systemctl disable "$GATEWAY_UNIT" >/dev/null 2>&1 || true
+	fi
+	svc_run rm -f "$dst"
+}
+
+unit_healthy() { curl -fsS --max-time 2 "$(service_url)/health" >/dev/null 2>&1; }
 
 gateway_containers() { svc_podman ps -aq --filter "label=$GATEWAY_LABEL"; }

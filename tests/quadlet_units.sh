@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# quadlet_units.sh — fast checks of the Quadlet units in quadlet/ (no systemd
-# or Podman 5 needed; part of scripts/test.sh):
+# quadlet_units.sh — fast checks of the Quadlet units in quadlet/ and of the
+# plain unit in systemd/ (no systemd or Podman 5 needed; part of scripts/test.sh):
 #   - Quadlet's generator (Podman 5.4, from trixie's podman .deb, cached by
 #     scripts/dev/trixie.sh) turns every unit into a .service without error;
 #   - `systemd-analyze verify --user` of every generated .service prints
 #     nothing (it exits 0 on some bad values, so any output is a failure);
 #   - every key of a [Container] or [Volume] section is one Podman 4.4's
 #     Quadlet knows (newer keys make 4.4's generator reject the whole unit);
-#   - a broken unit is refused (the checks can fail).
+#   - a broken unit is refused (the checks can fail);
+#   - the plain unit (systemd/code-interpreter.service, for Podman without
+#     Quadlet) verifies silently too, with the Quadlet unit's ExecStopPost
+#     (what keeps sessions over a restart and removes workers at stop).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
@@ -75,6 +78,29 @@ keys_known() {
 	}
 }
 
+# plain_unit_verifies: the plain unit under a fake home holding its binary
+# (systemd-analyze resolves %h from $HOME and checks that ExecStart= exists).
+plain_unit_verifies() {
+	local home=$TMP/plain-home bin
+	bin=$home/.local/lib/code-interpreter/bin/code-interpreter
+	mkdir -p "${bin%/*}" "$TMP/plain"
+	printf '#!/bin/sh\n' >"$bin"
+	chmod 0755 "$bin"
+	cp "$REPO/systemd/code-interpreter.service" "$TMP/plain/"
+	HOME=$home verifies_silently "$TMP/plain/code-interpreter.service"
+}
+
+# same_stop_post: both kinds of unit stop the same way.
+same_stop_post() {
+	local quadlet plain
+	quadlet=$(grep '^ExecStopPost=' "$REPO/quadlet/code-interpreter.container")
+	plain=$(grep '^ExecStopPost=' "$REPO/systemd/code-interpreter.service")
+	[[ -n $plain && $plain == "$quadlet" ]] || {
+		printf 'quadlet: %s\nplain:   %s\n' "$quadlet" "$plain" >&2
+		return 1
+	}
+}
+
 broken_unit_refused() {
 	mkdir -p "$TMP/bad"
 	printf '[Container]\nImage=x\nNoSuchKey=1\n' >"$TMP/bad/bad.container"
@@ -99,8 +125,10 @@ main() {
 		check "${service##*/}: systemd-analyze verify --user is silent" verifies_silently "$service"
 	done
 	check "a unit with an unknown key is refused" broken_unit_refused
+	check "systemd/code-interpreter.service: systemd-analyze verify --user is silent" plain_unit_verifies
+	check "the plain unit's ExecStopPost is the Quadlet unit's" same_stop_post
 
-	echo "quadlet units: $passed passed, $failed failed"
+	echo "systemd units: $passed passed, $failed failed"
 	((failed == 0))
 }
 
