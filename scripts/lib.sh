@@ -788,10 +788,12 @@ build_gateway() {
 	echo "$REPO/target/release/code-interpreter"
 }
 
+# print_access [URL TOKEN]: how to reach the gateway (default: the one
+# start_gateway started).
 print_access() {
-	local url token
-	url=$(gateway_url)
-	token=$(svc_run "$CI_BIN" token --config "$CI_CONFIG")
+	local url=${1:-} token=${2:-}
+	[[ -n $url ]] || url=$(gateway_url)
+	[[ -n $token ]] || token=$(svc_run "$CI_BIN" token --config "$CI_CONFIG")
 	cat <<EOF
 
 code-interpreter is running.

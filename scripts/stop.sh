@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# stop.sh — stops what start.sh started: the gateway (by its pid file), every
-# worker container, and the podman service if start.sh started it (a systemd
-# podman.socket is left alone). Idempotent: exits 0 when nothing runs.
+# stop.sh — stops what start.sh started: the gateway (`systemctl --user stop`
+# where the systemd unit of scripts/install.sh runs it, else by its pid file),
+# every worker container, and the podman service if start.sh started it (a
+# systemd podman.socket is left alone). Idempotent: exits 0 when nothing runs.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=scripts/lib-quadlet.sh
+source "$REPO/scripts/lib-quadlet.sh"
 
 main() {
 	if ! svc_exists; then
 		log "service user $SVC_USER does not exist: nothing to stop"
 		return 0
+	fi
+	if systemd_unit_installed; then
+		log "service: stopping $GATEWAY_UNIT (it removes its workers)"
+		svc_systemctl stop "$GATEWAY_UNIT"
 	fi
 	stop_gateway
 	remove_workers

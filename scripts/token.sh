@@ -7,12 +7,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=scripts/lib-quadlet.sh
 source "$REPO/scripts/lib-quadlet.sh"
 
-# The systemd deployment (scripts/install.sh) keeps its token in its container.
-if svc_exists && svc_podman container exists "$GATEWAY_CONTAINER" 2>/dev/null; then
-	svc_podman exec "$GATEWAY_CONTAINER" code-interpreter token
-	exit
-fi
-if ! svc_exists || [[ ! -x $CI_BIN ]]; then
-	die "gateway not installed: run scripts/start.sh first"
-fi
-svc_run "$CI_BIN" token --config "$CI_CONFIG"
+# The Quadlet deployment keeps its token in its container; the plain unit
+# and scripts/start.sh in the state directory.
+service_token
