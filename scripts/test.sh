@@ -11,10 +11,11 @@
 #    limits tests prove cgroup enforcement where rootless cannot have it.
 # 3. tests/e2e_scripts.sh: the README's flow (start.sh, curl, stop.sh).
 # 4. tests/quadlet_units.sh: the Quadlet units through Quadlet's generator and
-#    systemd-analyze verify (fast).
-# 5. tests/quadlet_e2e.sh: the README's "Deploy on a server" under systemd and
-#    Podman 5 in a trixie machine container (root only; skipped when its inputs
-#    are unchanged since its last pass here).
+#    systemd-analyze verify, and the plain unit through the latter (fast).
+# 5. tests/systemd_e2e.sh: the README's "Deploy on a server" under systemd in
+#    machine containers (root only; each skipped when its inputs are unchanged
+#    since its last pass here): trixie (Podman 5.4, the Quadlet units) and
+#    bookworm (Podman 4.3, the plain unit).
 #
 # Usage: scripts/test.sh [extra cargo test args]
 set -euo pipefail
@@ -43,14 +44,15 @@ main() {
 	log "== end-to-end through the README's scripts"
 	bash "$REPO/tests/e2e_scripts.sh"
 
-	log "== Quadlet units"
+	log "== systemd units (Quadlet and plain)"
 	bash "$REPO/tests/quadlet_units.sh"
 
-	log "== Quadlet deployment end to end (systemd + Podman 5)"
+	log "== systemd deployment end to end: Quadlet (trixie, Podman 5), plain unit (bookworm, Podman 4.3)"
 	if is_root; then
-		bash "$REPO/tests/quadlet_e2e.sh"
+		bash "$REPO/tests/systemd_e2e.sh" trixie
+		bash "$REPO/tests/systemd_e2e.sh" bookworm
 	else
-		log "skipped: tests/quadlet_e2e.sh needs root (it starts a rootful container)"
+		log "skipped: tests/systemd_e2e.sh needs root (it starts rootful containers)"
 	fi
 }
 

@@ -1,30 +1,37 @@
 #!/usr/bin/env bash
-# quadlet_e2e.sh — the README's "Deploy on a server" under real systemd and
-# Podman 5: a Debian trixie "machine" (systemd 257 as PID 1, Podman 5.4) in a
-# rootful Podman container on this host, in which, as root:
-#   scripts/install.sh; systemctl --user -M code-interpreter@ start
-#   code-interpreter; a stateful /execute pair over curl; the token through
-#   scripts/token.sh and `podman exec`; the image's health check; `systemctl
-#   --user restart` (the variable survives: the new gateway re-adopts the
-#   workers); `systemctl --user stop` ends "inactive" with no container
-#   left; a reboot (restart of the machine) brings the service back by itself;
-#   scripts/uninstall.sh leaves no container.
+# systemd_e2e.sh — the README's "Deploy on a server" under real systemd, in a
+# Debian "machine" (systemd as PID 1) in a rootful Podman container on this
+# host, one per supported kind of unit:
+#   trixie    systemd 257, Podman 5.4: the Quadlet units (quadlet/);
+#   bookworm  systemd 252, Podman 4.3 (no Quadlet): the plain unit
+#             (systemd/code-interpreter.service).
+# In the machine, as root: scripts/install.sh; systemctl --user -M
+# code-interpreter@ start code-interpreter; a stateful /execute pair over
+# curl; the token through scripts/token.sh; `systemctl --user restart` (the
+# variable survives: the new gateway re-adopts the workers); `systemctl
+# --user stop` ends "inactive" with no worker left; a reboot (restart of the
+# machine) brings the service back by itself; the gateway's log in journald;
+# scripts/uninstall.sh leaves no container. Quadlet also: the token through
+# `podman exec`, the image's health check, the read-only config. Plain unit
+# also: `kill -9` of the gateway (systemd restarts it, the session survives),
+# and scripts/stop.sh and scripts/start.sh going through systemd.
 #
 # Needs root, the host prepared by scripts/start.sh --no-start (worker image)
 # and target/release/code-interpreter. The machine has no network but a veth
-# pair with a default route (Podman's pasta needs one); the images are loaded from
-# archives of the host's, so nothing is downloaded after the first run, which
-# debootstraps trixie (~90 s, cached in $BASE_CACHE_DIR).
+# pair with a default route (Podman's pasta needs one); the images are loaded
+# from archives of the host's, so nothing is downloaded after the first run,
+# which debootstraps the suite (~50-90 s, cached in $BASE_CACHE_DIR by
+# scripts/dev/machine-rootfs.sh).
 #
 # Skipped when its inputs (units, Containerfiles, scripts, sources, binary,
-# worker image, this file) are those of its last pass on this machine; set
-# CODE_INTERPRETER_E2E_FORCE=1 to run anyway (CODE_INTERPRETER_E2E_KEEP=1 keeps
-# the machine for debugging). Everything it creates is removed
-# on exit, failure included; the cached rootfs tarball, its imported image and
-# the image archives stay (caches).
+# worker image, this file) are those of its last pass on this machine for
+# that suite; set CODE_INTERPRETER_E2E_FORCE=1 to run anyway
+# (CODE_INTERPRETER_E2E_KEEP=1 keeps the machine for debugging). Everything it
+# creates is removed on exit, failure included; the cached rootfs tarball, its
+# imported image and the image archives stay (caches).
 #
-# Usage: tests/quadlet_e2e.sh            (host side, as root)
-#        tests/quadlet_e2e.sh --inside PHASE   (run by the host side in the machine)
+# Usage: tests/systemd_e2e.sh trixie|bookworm      (host side, as root)
+#        tests/systemd_e2e.sh --inside PHASE        (run by the host side in the machine)
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
@@ -32,13 +39,11 @@ source "$REPO/scripts/lib.sh"
 # shellcheck source=scripts/lib-quadlet.sh
 source "$REPO/scripts/lib-quadlet.sh"
 
-STAMP=$BASE_CACHE_DIR/quadlet-e2e.pass
 ARCHIVES=$BASE_CACHE_DIR/e2e-images
-MACHINE=ci-quadlet-e2e-$$
 # The service user's home in the machine: on a volume, so that rootless Podman
 # there has a real filesystem (not overlay) under its storage.
 MACHINE_HOME=/var/lib/code-interpreter
-INPUT_PATHS=(quadlet containerfiles scripts src tests/quadlet_e2e.sh tests/checks.sh config.toml Cargo.toml Cargo.lock)
+INPUT_PATHS=(quadlet systemd containerfiles scripts src tests/systemd_e2e.sh tests/checks.sh config.toml Cargo.toml Cargo.lock)
 
 # shellcheck source=tests/checks.sh
 source "$REPO/tests/checks.sh"
@@ -79,6 +84,10 @@ inside_prepare() {
 	usermod --add-subuids 400000-465535 --add-subgids 400000-465535 "$SVC_USER"
 	loginctl enable-linger "$SVC_USER"
 	wait_for 20 user_systemd || die "no user manager for $SVC_USER"
+	# Podman's storage driver is fixed by its first command: the loads below
+	# must find install.sh's storage.conf (Podman 4.3 would pick vfs).
+	ensure_service_dirs
+	ensure_podman_config >/dev/null
 	while read -r id name; do
 		svc_podman load -q -i "/e2e-images/$id.tar" >/dev/null
 		svc_podman tag "$id" "$name"
@@ -93,30 +102,66 @@ inside_install() {
 	log "install.sh: $(elapsed "$t0") s"
 }
 
+# The gateway's pid as systemd knows it (the plain unit's main process).
+main_pid() { "${SYSCTL[@]}" show -p MainPID --value "$GATEWAY_UNIT"; }
+restarts() { "${SYSCTL[@]}" show -p NRestarts --value "$GATEWAY_UNIT"; }
+main_pid_is_not() { local p; p=$(main_pid) && [[ $p != 0 && $p != "$1" ]]; }
+# pid_runs_as PID USER EXE: the process runs EXE as USER.
+pid_runs_as() {
+	[[ $(ps -o user= -p "$1") == "$2" && $(readlink "/proc/$1/exe") == "$3" ]]
+}
+the_token() { /src/scripts/token.sh 2>/dev/null || echo none; }
+
+# Quadlet only: the container's own view.
+run_quadlet_checks() {
+	local token
+	token=$(svc_podman exec "$GATEWAY_CONTAINER" code-interpreter token || echo none)
+	check "scripts/token.sh prints the container's token" test "$(cat /root/e2e-token)" = "$token"
+	check "the image's health check passes" svc_podman healthcheck run "$GATEWAY_CONTAINER"
+	check "the config is mounted read-only" svc_podman exec "$GATEWAY_CONTAINER" \
+		sh -c '! touch /etc/code-interpreter/config.toml 2>/dev/null'
+}
+
+# Plain unit only: the binary under systemd, its restart after a crash.
+run_plain_checks() {
+	local pid t0
+	pid=$(main_pid)
+	check "the gateway runs as $SVC_USER from $CI_BIN" pid_runs_as "$pid" "$SVC_USER" "$CI_BIN"
+	check "no script-started gateway (no pid file)" bash -c "! test -e $GATEWAY_PIDFILE"
+	check "scripts/token.sh prints the state directory's token" \
+		test "$(cat /root/e2e-token)" = "$(svc_run cat "$CI_STATE/token")"
+	t0=$(date +%s.%N)
+	kill -KILL "$pid"
+	check "after kill -9 systemd starts a new gateway (Restart=on-failure)" wait_for 30 main_pid_is_not "$pid"
+	check "healthy within 60 s of the kill" healthy_within 60
+	log "kill -9 -> healthy: $(elapsed "$t0") s (RestartSec=5)"
+	check "systemd counted one restart" test "$(restarts)" = 1
+	check "after kill -9 the variable is still there (re-adoption)" \
+		result_text_is $'100\n' "$(execute e2e 'print(a)')"
+}
+
 inside_run() {
-	local t0 token body
+	local t0 token kind
+	kind=$(installed_unit_kind)
 	t0=$(date +%s.%N)
 	check "systemctl --user start code-interpreter" "${SYSCTL[@]}" start code-interpreter
 	check "healthy within 60 s of start" healthy_within 60
 	log "start -> healthy: $(elapsed "$t0") s"
 	check "the unit is active" unit_state_is active
-	/src/scripts/token.sh >/root/e2e-token
-	token=$(svc_podman exec "$GATEWAY_CONTAINER" code-interpreter token || echo none)
-	check "scripts/token.sh prints the container's token" test "$(cat /root/e2e-token)" = "$token"
+	check "the unit is enabled (starts at boot)" bash -c "[[ \$(${SYSCTL[*]} is-enabled $GATEWAY_UNIT) =~ ^(enabled|generated)\$ ]]"
+	the_token >/root/e2e-token
+	token=$(cat /root/e2e-token)
 	check "the token is 64 hex digits" grep -Eq '^[0-9a-f]{64}$' /root/e2e-token
 
 	execute e2e 'a = 100' >/dev/null
 	check 'a = 100 then print(a) gives "100"' result_text_is $'100\n' "$(execute e2e 'print(a)')"
-	check "the image's health check passes" svc_podman healthcheck run "$GATEWAY_CONTAINER"
-	check "the config is mounted read-only" svc_podman exec "$GATEWAY_CONTAINER" \
-		sh -c '! touch /etc/code-interpreter/config.toml 2>/dev/null'
+	if [[ $kind == quadlet ]]; then run_quadlet_checks; else run_plain_checks; fi
 
 	t0=$(date +%s.%N)
 	check "systemctl --user restart code-interpreter" "${SYSCTL[@]}" restart code-interpreter
 	check "healthy within 60 s of restart" healthy_within 60
 	log "restart -> healthy: $(elapsed "$t0") s"
-	check "the token survives a restart (state volume)" \
-		test "$(svc_podman exec "$GATEWAY_CONTAINER" code-interpreter token || echo none)" = "$token"
+	check "the token survives a restart" test "$(the_token)" = "$token"
 	check "after restart the variable is still there (re-adoption)" \
 		result_text_is $'100\n' "$(execute e2e 'print(a)')"
 
@@ -126,6 +171,19 @@ inside_run() {
 	check "after stop the unit is inactive, not failed" unit_state_is inactive
 	check "after stop no worker container is left" no_worker_container
 	check "after stop no gateway container is left" no_gateway_container
+
+	if [[ $kind == plain ]]; then
+		t0=$(date +%s.%N)
+		check "scripts/start.sh starts the installed unit" /src/scripts/start.sh --no-build
+		log "start.sh: $(elapsed "$t0") s"
+		check "after start.sh the unit is active" unit_state_is active
+		check "start.sh detached no gateway of its own (no pid file)" bash -c "! test -e $GATEWAY_PIDFILE"
+		check "after start.sh the unit's gateway is $CI_BIN" pid_runs_as "$(main_pid)" "$SVC_USER" "$CI_BIN"
+		execute e2e 'c = 3' >/dev/null
+		check "scripts/stop.sh stops the unit" /src/scripts/stop.sh
+		check "after stop.sh the unit is inactive" unit_state_is inactive
+		check "after stop.sh no worker container is left" no_worker_container
+	fi
 
 	check "started again before the reboot" "${SYSCTL[@]}" start code-interpreter
 	check "healthy again" healthy_within 60
@@ -138,8 +196,7 @@ inside_after_reboot() {
 	check "after the reboot the service is healthy by itself (90 s)" healthy_within 90
 	log "user manager -> healthy after boot: $(elapsed "$t0") s (after is-system-running)"
 	check "after the reboot the unit is active" unit_state_is active
-	check "after the reboot the token is the same" \
-		test "$(svc_podman exec "$GATEWAY_CONTAINER" code-interpreter token || echo none)" = "$(cat /root/e2e-token)"
+	check "after the reboot the token is the same" test "$(the_token)" = "$(cat /root/e2e-token)"
 	check "after the reboot print(6 * 7) gives 42" result_text_is $'42\n' "$(execute e2e 'print(6 * 7)')"
 	check "the journal has the gateway's log (README's journalctl, as root)" \
 		bash -c 'journalctl --no-pager _SYSTEMD_USER_UNIT=code-interpreter.service | grep -q "code-interpreter listening"'
@@ -157,15 +214,15 @@ inputs_hash() {
 		(cd "$REPO" && git ls-files -z --cached --others --exclude-standard -- "${INPUT_PATHS[@]}" | xargs -0 sha256sum)
 		sha256sum <"$REPO/target/release/code-interpreter"
 		worker_inputs_hash
-		printf '%s\n' "${TRIXIE_PACKAGES[@]}"
+		machine_packages "$SUITE"
 	} | sha256sum | cut -c1-64
 }
 
-# The machine's image: the cached trixie rootfs, imported into root's storage.
+# The machine's image: the suite's cached rootfs, imported into root's storage.
 machine_image() {
 	local tarball name
-	tarball=$(trixie_rootfs)
-	name=localhost/ci-quadlet-e2e-machine:$(basename "$tarball" .tar | sed 's/.*-//')
+	tarball=$(machine_rootfs "$SUITE")
+	name=localhost/ci-e2e-machine-$SUITE:$(basename "$tarball" .tar | sed 's/.*-//')
 	if ! podman image exists "$name"; then
 		log "machine: importing $tarball" >&2
 		podman import -q "$tarball" "$name" >/dev/null
@@ -261,7 +318,7 @@ wait_booted() {
 # inside PHASE: runs this script's PHASE in the machine; its checks count here.
 inside() {
 	local out rc=0
-	out=$(podman exec "$MACHINE" bash /src/tests/quadlet_e2e.sh --inside "$1" 2>&1) || rc=$?
+	out=$(podman exec "$MACHINE" bash /src/tests/systemd_e2e.sh --inside "$1" 2>&1) || rc=$?
 	printf '%s\n' "$out"
 	passed=$((passed + $(grep -c '^ok - ' <<<"$out" || true)))
 	failed=$((failed + $(grep -c '^FAILED - ' <<<"$out" || true)))
@@ -290,10 +347,10 @@ host_main() {
 	[[ -x $REPO/target/release/code-interpreter ]] || die "no target/release/code-interpreter: cargo build --release first"
 	hash=$(inputs_hash)
 	if [[ ${CODE_INTERPRETER_E2E_FORCE:-0} != 1 && -f $STAMP && $(<"$STAMP") == "$hash" ]]; then
-		echo "quadlet e2e: skipped, inputs unchanged since its last pass (${hash:0:12}; CODE_INTERPRETER_E2E_FORCE=1 runs it)"
+		echo "systemd e2e ($SUITE): skipped, inputs unchanged since its last pass (${hash:0:12}; CODE_INTERPRETER_E2E_FORCE=1 runs it)"
 		return 0
 	fi
-	WORK=$(mktemp -d /var/tmp/ci-quadlet-e2e.XXXXXX)
+	WORK=$(mktemp -d "/var/tmp/ci-systemd-e2e-$SUITE.XXXXXX")
 	trap cleanup EXIT
 	image=$(machine_image)
 	image_archives
@@ -303,7 +360,7 @@ host_main() {
 	cp "$REPO/target/release/code-interpreter" "$WORK/src/target/release/"
 	write_init
 
-	log "machine: starting $MACHINE (trixie, systemd, Podman 5)"
+	log "machine: starting $MACHINE ($SUITE: $(describe_suite))"
 	# Podman's default rlimits may exceed this host's hard limits: ask for those.
 	podman run -d --name "$MACHINE" --hostname e2e --privileged --systemd=always \
 		--cgroupns=private --runtime runc --network none \
@@ -324,13 +381,21 @@ host_main() {
 	log "machine: rebooted in $(elapsed "$t1") s"
 	inside after-reboot
 
-	echo "quadlet e2e: $passed passed, $failed failed in $(elapsed "$t0") s"
+	echo "systemd e2e ($SUITE): $passed passed, $failed failed in $(elapsed "$t0") s"
 	((failed == 0)) || return 1
 	echo "$hash" >"$STAMP"
 }
 
-# shellcheck source=scripts/dev/trixie.sh
-source "$REPO/scripts/dev/trixie.sh"
+# describe_suite: what the suite's machine has, and which unit it gets.
+describe_suite() {
+	case $SUITE in
+	trixie) echo "systemd 257, Podman 5.4: Quadlet" ;;
+	bookworm) echo "systemd 252, Podman 4.3: the plain unit" ;;
+	esac
+}
+
+# shellcheck source=scripts/dev/machine-rootfs.sh
+source "$REPO/scripts/dev/machine-rootfs.sh"
 if [[ ${1:-} == --inside ]]; then
 	case ${2:-} in
 	prepare) inside_prepare ;;
@@ -341,5 +406,9 @@ if [[ ${1:-} == --inside ]]; then
 	esac
 	((failed == 0))
 else
-	host_main "$@"
+	SUITE=${1:-}
+	[[ $SUITE == trixie || $SUITE == bookworm ]] || die "usage: $0 trixie|bookworm"
+	STAMP=$BASE_CACHE_DIR/systemd-e2e-$SUITE.pass
+	MACHINE=ci-systemd-e2e-$SUITE-$$
+	host_main
 fi
