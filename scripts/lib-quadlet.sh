@@ -235,13 +235,15 @@ remove_quadlet_units() {
 	return "$removed"
 }
 
-# remove_plain_unit: the plain unit, disabled and removed, if installed (no
-# reload). Returns 1 when there was none.
+# remove_plain_unit: the plain unit, stopped (a Quadlet unit replacing it
+# needs its port), disabled and removed, if installed (no reload). Returns 1
+# when there was none.
 remove_plain_unit() {
 	local dst
 	dst=$(plain_unit_path)
 	[[ -f $dst ]] || return 1
 	if user_systemd; then
+		svc_systemctl stop "$GATEWAY_UNIT" 2>/dev/null || true
 		svc_systemctl disable "$GATEWAY_UNIT" >/dev/null 2>&1 || true
 	fi
 	svc_run rm -f "$dst"
