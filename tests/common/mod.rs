@@ -142,7 +142,8 @@ impl Default for Options {
         Self {
             min_idle: 1,
             max_workers: 4,
-            timeout_secs: 20.0,
+            // gVisor's ptrace platform runs heavy code (imports, forks) several times slower.
+            timeout_secs: if gvisor() { 60.0 } else { 20.0 },
             queue_timeout_secs: 30.0,
             extra: String::new(),
             server: String::new(),
