@@ -423,9 +423,11 @@ ensure_podman_service() {
 # needs. Its name ends in the platform, which the gateway reports
 # (src/worker/isolation.rs).
 
-# wants_gvisor: the installed or the repo's config.toml asks for gVisor workers.
+# wants_gvisor: CODE_INTERPRETER_WORKER_RUNTIME (which the gateway also reads),
+# or the installed or the repo's config.toml, asks for gVisor workers.
 wants_gvisor() {
-	grep -Eqs '^[[:space:]]*runtime[[:space:]]*=[[:space:]]*"gvisor"' "$CI_CONFIG" "$REPO/config.toml"
+	[[ ${CODE_INTERPRETER_WORKER_RUNTIME:-} == gvisor ]] ||
+		grep -Eqs '^[[:space:]]*runtime[[:space:]]*=[[:space:]]*"gvisor"' "$CI_CONFIG" "$REPO/config.toml"
 }
 
 # gvisor_platform: the fastest platform the installed runsc has and the service
@@ -828,6 +830,8 @@ start_gateway() {
 		log "gateway: starting $CI_BIN serve --config $CI_CONFIG"
 		[[ -n ${CODE_INTERPRETER_LISTEN:-} ]] && SVC_ENV+=("CODE_INTERPRETER_LISTEN=$CODE_INTERPRETER_LISTEN")
 		[[ -n ${RUST_LOG:-} ]] && SVC_ENV+=("RUST_LOG=$RUST_LOG")
+		[[ -n ${CODE_INTERPRETER_WORKER_RUNTIME:-} ]] &&
+			SVC_ENV+=("CODE_INTERPRETER_WORKER_RUNTIME=$CODE_INTERPRETER_WORKER_RUNTIME")
 		# The log is a file: no colour codes in it.
 		SVC_ENV+=(NO_COLOR=1)
 		# Every connection is a file: raise the limit the gateway inherits

@@ -258,6 +258,9 @@ async fn resource_attacks_are_contained() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resource_attacks_are_contained_on_rootful_podman() {
+    if common::skip_under_gvisor("rootful Podman runs runc workers; proven in the runc pass") {
+        return;
+    }
     let Some(rootful) = rootful() else { return };
     resource_attacks(Some(rootful)).await;
 }
@@ -274,6 +277,9 @@ fn rootful() -> Option<common::ServiceUser> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cgroup_limits_bite_where_podman_enforces_them() {
+    if common::skip_under_gvisor("cgroup limits: runsc runs with --ignore-cgroups here") {
+        return;
+    }
     let Some(rootful) = rootful() else { return };
     let gw = gateway_with_bystander(Options {
         svc: Some(rootful),
