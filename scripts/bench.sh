@@ -19,7 +19,11 @@
 # 5. With --profiles: the cold start and idle memory of the default and the
 #    full worker image (build the full one first: scripts/start.sh --profile full).
 #
-# Usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [--default-service | --profiles] [-- extra bench args]
+# 6. With --runtimes: runc and gVisor side by side (issue 18): the cold start,
+#    a trivial /execute round trip, a new session's first import pandas, and
+#    the original's workload (installs runsc and its Podman service if needed).
+#
+# Usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [--default-service | --profiles | --runtimes] [-- extra bench args]
 #        scripts/bench.sh --venv-only   (step 1 only)
 # Env: BENCH_USERS (30), BENCH_REQUESTS (100), BENCH_SCENARIO (mixed), BENCH_PORT (3875).
 # Needs the host prepared by scripts/start.sh --no-start (Podman, worker image).
@@ -88,12 +92,12 @@ cold_starts() {
 			NR, v[int((NR + 1) / 2)], v[int(NR * 0.95 + 0.999)], v[NR] }'
 }
 
-# start_gateway POOL_TOML MEMORY_MB IMAGE: a dedicated bench gateway (instance
-# "bench", port $PORT) with these [pool] lines (empty: the shipped defaults),
-# optionally a memory cap and a worker image; sets pid, scratch and run_dir;
-# stop_gateway (or the EXIT trap) removes it.
+# start_gateway POOL_TOML MEMORY_MB IMAGE RUNTIME: a dedicated bench gateway
+# (instance "bench", port $PORT) with these [pool] lines (empty: the shipped
+# defaults), optionally a memory cap, a worker image and a worker runtime;
+# sets pid, scratch and run_dir; stop_gateway (or the EXIT trap) removes it.
 start_gateway() {
-	local pool=$1 memory=${2:-} image=${3:-}
+	local pool=$1 memory=${2:-} image=${3:-} runtime=${4:-}
 	svc_exists || die "no service user $SVC_USER: run scripts/start.sh --no-start first"
 	podman_ping || die "the Podman socket $PODMAN_SOCK does not answer: run scripts/start.sh --no-start"
 	scratch=$(mktemp -d /tmp/ci-bench.XXXXXX)
@@ -106,6 +110,7 @@ start_gateway() {
 		printf '[paths]\nruntime_dir = "%s"\nstate_dir = "%s-state"\n' "$run_dir" "$run_dir"
 		printf '[worker]\ninstance = "%s"\n' "$INSTANCE"
 		[[ -n $image ]] && printf 'image = "%s"\n' "$image"
+		[[ -n $runtime ]] && printf 'runtime = "%s"\n' "$runtime"
 		[[ -n $memory ]] && printf '[limits]\nmemory_mb = %s\n' "$memory"
 		printf '[pool]\n%s\n' "$pool"
 	} >"$scratch/config.toml"
@@ -168,6 +173,28 @@ measure_profiles() {
 	done
 }
 
+# measure_runtimes: runc and gVisor side by side, 2 idle workers each: 20
+# quiet cold starts and 5 first `import pandas`; one user's trivial requests
+# back to back (the round trip); the original's workload (30 x 100, think
+# 0.1-0.5 s) with its sessions created inside the run.
+measure_runtimes() {
+	local runtime url=http://127.0.0.1:$PORT
+	ensure_gvisor
+	for runtime in runc gvisor; do
+		start_gateway "min_idle = 2" "" "" "$runtime"
+		log "== runtime $runtime: $(curl -fsS -H "X-Auth-Token: $token" "$url/status" |
+			python3 -c 'import json,sys; print(json.load(sys.stdin)["isolation"])') (load: $(cut -d' ' -f1-3 /proc/loadavg))"
+		"$bin" bench --url "$url" --no-workload --new-users 20 --first-imports 5 "${extra[@]}"
+		log "== runtime $runtime: trivial round trips, one user, no think time"
+		"$bin" bench --url "$url" --users 1 --requests 200 --think 0 0 --scenario arithmetic \
+			--new-users 0 "${extra[@]}"
+		log "== runtime $runtime: the original's workload, sessions created inside the run"
+		"$bin" bench --url "$url" --no-wait --users 30 --requests 100 --think 0.1 0.5 --new-users 0 \
+			--gateway-pid "$pid" "${extra[@]}"
+		stop_gateway
+	done
+}
+
 main() {
 	local url="" plot="" json="" default_service=0
 	while (($#)); do
@@ -178,6 +205,7 @@ main() {
 		--venv-only) ensure_venv; return ;;
 		--default-service) default_service=1 ;;
 		--profiles) default_service=2 ;;
+		--runtimes) default_service=3 ;;
 		--) shift; extra=("$@"); break ;;
 		*) die "unknown argument $1 (usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [--default-service] [-- bench args])" ;;
 		esac
@@ -192,7 +220,9 @@ main() {
 
 	if ((default_service)); then
 		[[ -z $url ]] || die "--default-service and --profiles start their own gateways: drop --url"
-		if ((default_service == 2)); then
+		if ((default_service == 3)); then
+			measure_runtimes
+		elif ((default_service == 2)); then
 			measure_profiles
 		else
 			start_gateway ""

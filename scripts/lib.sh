@@ -75,6 +75,10 @@ svc_resolve() {
 	CI_RUN=$SVC_RUNTIME/code-interpreter
 	CI_LOG=$CI_STATE/gateway.log
 	PODMAN_PIDFILE=$CI_RUN/podman-service.pid
+	# gVisor workers' Podman service (ensure_gvisor) and the runsc wrapper it runs.
+	PODMAN_GVISOR_SOCK=$SVC_RUNTIME/podman/podman-gvisor.sock
+	PODMAN_GVISOR_PIDFILE=$CI_RUN/podman-gvisor-service.pid
+	GVISOR_WRAPPER_DIR=$CI_LIB_DIR/libexec
 	GATEWAY_PIDFILE=$CI_RUN/gateway.pid
 }
 svc_resolve
@@ -409,6 +413,80 @@ ensure_podman_service() {
 	fi
 	tail -n 20 "$CI_STATE/podman-service.log" >&2 2>/dev/null || true
 	die "podman service did not answer on $PODMAN_SOCK within 15 s"
+}
+
+# --- gVisor workers (workers.runtime = "gvisor") -----------------------------
+# Podman 4.3's REST API ignores a container's own OCI runtime
+# (containers/podman#28429), and runsc's flags are Podman global options: the
+# gVisor workers come from a second Podman service of the service user, started
+# with --runtime naming a runsc wrapper that adds the flags rootless Podman
+# needs. Its name ends in the platform, which the gateway reports
+# (src/worker/isolation.rs).
+
+# wants_gvisor: CODE_INTERPRETER_WORKER_RUNTIME (which the gateway also reads),
+# or the installed or the repo's config.toml, asks for gVisor workers.
+wants_gvisor() {
+	[[ ${CODE_INTERPRETER_WORKER_RUNTIME:-} == gvisor ]] ||
+		grep -Eqs '^[[:space:]]*runtime[[:space:]]*=[[:space:]]*"gvisor"' "$CI_CONFIG" "$REPO/config.toml"
+}
+
+# gvisor_platform: the fastest platform the installed runsc has and the service
+# user can use: systrap (runsc 2023+), kvm (when /dev/kvm is open to the
+# service user), else ptrace.
+gvisor_platform() {
+	local platforms
+	platforms=$(runsc flags 2>&1 | awk '/^[[:space:]]*-platform string/ { getline; print; exit }')
+	if [[ $platforms == *systrap* ]]; then
+		echo systrap
+	elif [[ $platforms == *kvm* ]] && svc_run test -r /dev/kvm -a -w /dev/kvm; then
+		echo kvm
+	else
+		echo ptrace
+	fi
+}
+
+gvisor_ping() {
+	[[ -S $PODMAN_GVISOR_SOCK ]] &&
+		[[ $(curl -fsS --max-time 2 --unix-socket "$PODMAN_GVISOR_SOCK" http://d/v4.0.0/libpod/_ping 2>/dev/null) == OK ]]
+}
+
+# ensure_gvisor: runsc, its wrapper, and the Podman service that runs it.
+ensure_gvisor() {
+	local platform wrapper text old
+	apt_ensure "gVisor" runsc
+	platform=$(gvisor_platform)
+	wrapper=$GVISOR_WRAPPER_DIR/code-interpreter-runsc-$platform
+	text=$(printf '%s\n' '#!/bin/sh' \
+		'# Written by code-interpreter scripts/lib.sh (ensure_gvisor): runsc as the gVisor' \
+		'# workers Podman service runs it. --ignore-cgroups: rootless runsc cannot make' \
+		'# cgroups; --network=none: no network at all (the sandbox has loopback only);' \
+		'# --host-uds=all: the kernel'"'"'s ZeroMQ sockets on the bind-mounted worker' \
+		'# directory reach the gateway; --oci-seccomp: the worker'"'"'s seccomp profile applies' \
+		'# inside the sandbox too.' \
+		"exec /usr/bin/runsc --ignore-cgroups --network=none --host-uds=all --oci-seccomp --platform=$platform \"\$@\"")
+	old=$(svc_run cat "$wrapper" 2>/dev/null || true)
+	if [[ $old != "$text" ]]; then
+		log "gVisor: writing $wrapper"
+		svc_run mkdir -p "$GVISOR_WRAPPER_DIR"
+		svc_run find "$GVISOR_WRAPPER_DIR" -name 'code-interpreter-runsc-*' -delete
+		printf '%s\n' "$text" | svc_write "$wrapper"
+		svc_run chmod 0755 "$wrapper"
+		stop_pid "$PODMAN_GVISOR_PIDFILE" /usr/bin/podman "gVisor podman service" || true
+	fi
+	if gvisor_ping; then
+		log "gVisor podman service: answering on $PODMAN_GVISOR_SOCK (platform $platform)"
+		return 0
+	fi
+	log "gVisor podman service: starting 'podman --runtime $wrapper system service' as $SVC_USER"
+	svc_run mkdir -p "$(dirname "$PODMAN_GVISOR_SOCK")" "$CI_RUN"
+	svc_daemon "$PODMAN_GVISOR_PIDFILE" "$CI_STATE/podman-gvisor-service.log" \
+		podman --runtime "$wrapper" system service --time=0 "unix://$PODMAN_GVISOR_SOCK"
+	if wait_for 15 gvisor_ping; then
+		log "gVisor podman service: ready (platform $platform)"
+		return 0
+	fi
+	tail -n 20 "$CI_STATE/podman-gvisor-service.log" >&2 2>/dev/null || true
+	die "gVisor podman service did not answer on $PODMAN_GVISOR_SOCK within 15 s"
 }
 
 # Debian mirror of this host (deb822 sources first, then sources.list).
@@ -752,6 +830,8 @@ start_gateway() {
 		log "gateway: starting $CI_BIN serve --config $CI_CONFIG"
 		[[ -n ${CODE_INTERPRETER_LISTEN:-} ]] && SVC_ENV+=("CODE_INTERPRETER_LISTEN=$CODE_INTERPRETER_LISTEN")
 		[[ -n ${RUST_LOG:-} ]] && SVC_ENV+=("RUST_LOG=$RUST_LOG")
+		[[ -n ${CODE_INTERPRETER_WORKER_RUNTIME:-} ]] &&
+			SVC_ENV+=("CODE_INTERPRETER_WORKER_RUNTIME=$CODE_INTERPRETER_WORKER_RUNTIME")
 		# The log is a file: no colour codes in it.
 		SVC_ENV+=(NO_COLOR=1)
 		# Every connection is a file: raise the limit the gateway inherits

@@ -7,19 +7,21 @@
 # through it (`systemctl --user start code-interpreter`: supervised, logs in
 # journald); elsewhere (containers, CI) as a detached background process.
 #
-# Usage: scripts/start.sh [--no-start] [--no-build] [--token-file FILE] [--profile full]
+# Usage: scripts/start.sh [--no-start] [--no-build] [--token-file FILE] [--profile full] [--gvisor]
 #   --no-start  do everything except starting the gateway (used by tests)
 #   --no-build  do not run cargo; install target/release/code-interpreter if it exists
 #   --token-file FILE  the API token (first line of FILE, 16+ printable characters)
 #   --profile full  also build the full worker image (LibreOffice, pandoc, ffmpeg,
 #                   tesseract, Node.js); built anyway when config.toml's worker.image names it
+#   --gvisor     also install gVisor (runsc) and start its workers' Podman service;
+#                done anyway when config.toml says workers.runtime = "gvisor"
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # shellcheck source=scripts/lib-quadlet.sh
 source "$REPO/scripts/lib-quadlet.sh"
 
-usage() { sed -n '11,16s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '11,18s/^# \{0,1\}//p' "$0"; }
 
 # start_service: `systemctl --user start` of the installed unit (a restart
 # when RESTART is 1: a new token), then wait for /health; the unit's log if not.
@@ -41,11 +43,12 @@ start_service() {
 }
 
 main() {
-	local start=1 build=1 bin token_file="" full=0 new_token=0
+	local start=1 build=1 bin token_file="" full=0 new_token=0 gvisor=0
 	while (($#)); do
 		case $1 in
 		--no-start) start=0 ;;
 		--no-build) build=0 ;;
+		--gvisor) gvisor=1 ;;
 		--profile)
 			[[ ${2:-} == full ]] || die "--profile takes \"full\" (the default profile is always built)"
 			full=1
@@ -66,6 +69,9 @@ main() {
 	ensure_service_user
 	ensure_podman_config
 	ensure_podman_service
+	if ((gvisor)) || wants_gvisor; then
+		ensure_gvisor
+	fi
 	ensure_base_image
 	ensure_worker_image
 	if ((full)) || wants_full_profile; then

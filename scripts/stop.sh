@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # stop.sh — stops what start.sh started: the gateway (`systemctl --user stop`
 # where the systemd unit of scripts/install.sh runs it, else by its pid file),
-# every worker container, and the podman service if start.sh started it (a
-# systemd podman.socket is left alone). Idempotent: exits 0 when nothing runs.
+# every worker container, and the podman services if start.sh started them
+# (the gVisor workers' one too; a systemd podman.socket is left alone).
+# Idempotent: exits 0 when nothing runs.
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -21,6 +22,7 @@ main() {
 	stop_gateway
 	remove_workers
 	stop_pid "$PODMAN_PIDFILE" /usr/bin/podman "podman service"
+	stop_pid "$PODMAN_GVISOR_PIDFILE" /usr/bin/podman "gVisor podman service"
 }
 
 main "$@"

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # test.sh — the whole test suite, as CI runs it (.ci/run calls this).
 #
-# 1. scripts/start.sh --no-start --profile full: packages, service user,
-#    rootless Podman and its REST socket, the worker images of both profiles
-#    (cached by input hash), release build;
+# 1. scripts/start.sh --no-start --profile full --gvisor: packages, service
+#    user, rootless Podman and its REST socket, gVisor (runsc) and its workers'
+#    Podman service, the worker images of both profiles (cached by input
+#    hash), release build;
 #    then Debian's chromium and chromium-driver for the browser test.
 # 2. cargo test --release: unit tests, then integration tests that start real
 #    gateways as the service user against real rootless Podman. As root, a
 #    private rootful Podman (tests/rootful_podman.sh) also runs, so the
 #    limits tests prove cgroup enforcement where rootless cannot have it.
-# 3. tests/e2e_scripts.sh: the README's flow (start.sh, curl, stop.sh).
+#    Then the sandbox, hostile and core tests again with gVisor workers
+#    (CI_TEST_RUNTIME=gvisor; tests/gvisor.rs compares the two runtimes).
+# 3. tests/e2e_scripts.sh: the README's flow (start.sh, curl, stop.sh), then
+#    the same service with gVisor workers.
 # 4. tests/quadlet_units.sh: the Quadlet units through Quadlet's generator and
 #    systemd-analyze verify, and the plain unit through the latter (fast).
 # 5. tests/systemd_e2e.sh: the README's "Deploy on a server" under systemd in
@@ -23,7 +27,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 main() {
-	"$REPO/scripts/start.sh" --no-start --profile full
+	"$REPO/scripts/start.sh" --no-start --profile full --gvisor
 	ensure_test_packages
 	svc_resolve
 
@@ -40,6 +44,10 @@ main() {
 
 	log "== cargo test"
 	(cd "$REPO" && cargo test --release --locked -- --test-threads=2 "$@")
+
+	log "== the sandbox and core tests again, with gVisor workers (workers.runtime = \"gvisor\")"
+	(cd "$REPO" && CI_TEST_RUNTIME=gvisor cargo test --release --locked --test sandbox \
+		--test hostile --test sessions --test stream --test files -- --test-threads=2 "$@")
 
 	log "== end-to-end through the README's scripts"
 	bash "$REPO/tests/e2e_scripts.sh"

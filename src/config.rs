@@ -113,6 +113,10 @@ pub struct PathsConfig {
     pub runtime_dir: Option<PathBuf>,
     /// Podman's REST socket: default `$XDG_RUNTIME_DIR/podman/podman.sock`.
     pub podman_socket: Option<PathBuf>,
+    /// The REST socket of the Podman service whose runtime is gVisor, used
+    /// instead of `podman_socket` when `workers.runtime = "gvisor"`: default
+    /// `$XDG_RUNTIME_DIR/podman/podman-gvisor.sock` (`scripts/start.sh` runs it).
+    pub podman_gvisor_socket: Option<PathBuf>,
 }
 
 /// How each worker container is built.
@@ -139,6 +143,43 @@ pub struct WorkerConfig {
     pub seccomp_profile: Option<PathBuf>,
     /// Host directories every worker sees read-only (`[[workers.mounts]]`).
     pub mounts: Vec<MountConfig>,
+    /// The OCI runtime of the workers: `runc`, or `gvisor` (runsc: a
+    /// user-space kernel between the code and the host's; README, "Security model").
+    pub runtime: WorkerRuntime,
+}
+
+/// Which OCI runtime runs the workers (`workers.runtime`).
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerRuntime {
+    /// Podman's default runtime (runc on the hosts we know): namespaces,
+    /// seccomp and the host's kernel.
+    #[default]
+    Runc,
+    /// gVisor's runsc: the code's system calls are served by gVisor's Sentry.
+    Gvisor,
+}
+
+impl WorkerRuntime {
+    /// The name `config.toml` and `/status` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Runc => "runc",
+            Self::Gvisor => "gvisor",
+        }
+    }
+}
+
+impl std::str::FromStr for WorkerRuntime {
+    type Err = anyhow::Error;
+
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "runc" => Ok(Self::Runc),
+            "gvisor" => Ok(Self::Gvisor),
+            other => bail!("unknown worker runtime {other:?} (runc or gvisor)"),
+        }
+    }
 }
 
 /// A host directory mounted read-only into every worker, e.g. a skills
@@ -431,6 +472,7 @@ impl Default for WorkerConfig {
             uid_count: 50000,
             seccomp_profile: None,
             mounts: Vec::new(),
+            runtime: WorkerRuntime::Runc,
         }
     }
 }
@@ -512,6 +554,14 @@ impl Config {
         if let Some(socket) = var("CODE_INTERPRETER_PODMAN_SOCKET") {
             self.paths.podman_socket = Some(socket.into());
         }
+        if let Some(socket) = var("CODE_INTERPRETER_PODMAN_GVISOR_SOCKET") {
+            self.paths.podman_gvisor_socket = Some(socket.into());
+        }
+        if let Some(runtime) = var("CODE_INTERPRETER_WORKER_RUNTIME").filter(|r| !r.is_empty()) {
+            self.worker.runtime = runtime
+                .parse()
+                .context("reading CODE_INTERPRETER_WORKER_RUNTIME")?;
+        }
         if let Some(image) = var("CODE_INTERPRETER_WORKER_IMAGE").filter(|i| !i.is_empty()) {
             self.worker.image = image;
         }
@@ -584,6 +634,15 @@ impl Config {
         if mode != NetworkMode::Allowlist && !self.network.allow.is_empty() {
             bail!(
                 "network.allow is set but network.mode is \"{}\"; it applies to mode = \"allowlist\" only",
+                mode.name()
+            );
+        }
+        if self.worker.runtime == WorkerRuntime::Gvisor && mode != NetworkMode::None {
+            bail!(
+                "network.mode = \"{}\" cannot be used with workers.runtime = \"gvisor\": its \
+                 rules are nftables rules in the worker's network namespace, and gVisor's own \
+                 network stack does not run nftables. gVisor workers run with no network at \
+                 all (runsc --network=none); use mode = \"none\", or runtime = \"runc\"",
                 mode.name()
             );
         }
@@ -686,12 +745,22 @@ impl Config {
             .unwrap_or_else(|| user_runtime_dir().join("code-interpreter"))
     }
 
-    /// Path of Podman's REST socket.
+    /// Path of the REST socket of the Podman service that runs the workers:
+    /// with `workers.runtime = "gvisor"`, the one whose default runtime is
+    /// runsc (src/worker/isolation.rs says why a second service).
     pub fn podman_socket(&self) -> PathBuf {
-        self.paths
-            .podman_socket
-            .clone()
-            .unwrap_or_else(|| user_runtime_dir().join("podman/podman.sock"))
+        match self.worker.runtime {
+            WorkerRuntime::Runc => self
+                .paths
+                .podman_socket
+                .clone()
+                .unwrap_or_else(|| user_runtime_dir().join("podman/podman.sock")),
+            WorkerRuntime::Gvisor => self
+                .paths
+                .podman_gvisor_socket
+                .clone()
+                .unwrap_or_else(|| user_runtime_dir().join("podman/podman-gvisor.sock")),
+        }
     }
 }
 
@@ -835,6 +904,29 @@ mod tests {
         config.network.allow = vec![AllowEntry::parse("10.0.2.2:8080").unwrap()];
         let error = config.validate().unwrap_err().to_string();
         assert!(error.contains("\"internet\""), "{error}");
+    }
+
+    #[test]
+    fn gvisor_runtime_has_its_own_socket_and_no_network_mode() {
+        let config: Config = toml::from_str("[workers]\nruntime = \"gvisor\"\n").unwrap();
+        assert_eq!(config.worker.runtime, WorkerRuntime::Gvisor);
+        config.validate().unwrap();
+        assert!(config
+            .podman_socket()
+            .ends_with("podman/podman-gvisor.sock"));
+        for mode in ["allowlist", "internet"] {
+            let text = format!("[workers]\nruntime = \"gvisor\"\n[network]\nmode = \"{mode}\"\n");
+            let config: Config = toml::from_str(&text).unwrap();
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains("gVisor's own network stack"), "{error}");
+        }
+        let mut config = Config::default();
+        let env = |name: &str| (name == "CODE_INTERPRETER_WORKER_RUNTIME").then(|| "gvisor".into());
+        config.apply_env(env).unwrap();
+        assert_eq!(config.worker.runtime, WorkerRuntime::Gvisor);
+        let env = |name: &str| (name == "CODE_INTERPRETER_WORKER_RUNTIME").then(|| "kata".into());
+        assert!(config.apply_env(env).is_err());
+        assert!(toml::from_str::<Config>("[workers]\nruntime = \"kata\"\n").is_err());
     }
 
     #[test]

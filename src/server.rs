@@ -26,7 +26,8 @@ use crate::pool::{Pool, Settings};
 use crate::sessions::{Expiry, Sessions};
 use crate::shutdown::Shutdown;
 use crate::state::{unix_now, Registry, WorkerRecord};
-use crate::worker::podman::PodmanRuntime;
+use crate::worker::isolation::Isolation;
+use crate::worker::podman::{PodmanFacts, PodmanRuntime};
 use crate::worker::{Worker, WorkerFactory};
 
 /// Time past the execution timeout that shutdown waits for running requests.
@@ -42,8 +43,27 @@ pub async fn run(config: Config) -> Result<()> {
     let config = Arc::new(config);
     let token = Token::load_or_create(&config)?;
     let podman = PodmanRuntime::new(&config.podman_socket());
-    let (podman_version, cgroups, mapped_uids) = wait_for_podman(&podman, &config).await;
-    check_uid_range(&config, mapped_uids.as_deref())?;
+    let facts = wait_for_podman(&podman, &config).await;
+    check_uid_range(&config, facts.mapped_uids.as_deref())?;
+    let isolation = match &facts.oci_runtime {
+        // Podman did not answer: checked when it does, by the first worker
+        // (whose entrypoint fails closed where the firewall is missing).
+        unknown if unknown.path.is_empty() => Isolation::unverified(config.worker.runtime),
+        runtime => Isolation::check(config.worker.runtime, runtime)
+            .context("checking the workers' OCI runtime")?,
+    };
+    tracing::info!(
+        "workers run under {} ({}{}), firewall: {}",
+        isolation.runtime,
+        isolation.oci_runtime,
+        isolation
+            .platform
+            .as_ref()
+            .map(|p| format!(", platform {p}"))
+            .unwrap_or_default(),
+        isolation.firewall
+    );
+    let (podman_version, cgroups) = (facts.version, facts.cgroups);
     let host = HostInfo::detect(cgroups.clone());
     // One sandbox uid per worker: never more workers than uids. Memory is
     // checked at each admission (capacity.rs), not divided up here.
@@ -143,6 +163,7 @@ pub async fn run(config: Config) -> Result<()> {
         metrics,
         host,
         podman_version,
+        isolation,
         started: Instant::now(),
         max_connections: limits.max_connections,
         transfers: Arc::new(
@@ -286,18 +307,19 @@ fn check_uid_range(config: &Config, mapped: Option<&[(u32, u32)]>) -> Result<()>
     Ok(())
 }
 
-/// What Podman reports about itself.
-type PodmanFacts = (String, CgroupSupport, Option<Vec<(u32, u32)>>);
-
-/// Podman's version, cgroup support and mapped uids once the socket answers;
-/// "unavailable" after `PODMAN_WAIT` (the gateway still serves, and `/status`
-/// shows why workers fail).
+/// Podman's version, cgroup support, mapped uids and runtime once the socket
+/// answers; "unavailable" after `PODMAN_WAIT` (the gateway still serves, and
+/// `/status` shows why workers fail).
 async fn wait_for_podman(podman: &PodmanRuntime, config: &Config) -> PodmanFacts {
     let deadline = Instant::now() + PODMAN_WAIT;
     loop {
         match podman.info().await {
             Ok(facts) => {
-                tracing::info!("podman {} at {}", facts.0, config.podman_socket().display());
+                tracing::info!(
+                    "podman {} at {}",
+                    facts.version,
+                    config.podman_socket().display()
+                );
                 return facts;
             }
             Err(e) if Instant::now() >= deadline => {
@@ -305,11 +327,12 @@ async fn wait_for_podman(podman: &PodmanRuntime, config: &Config) -> PodmanFacts
                     "podman at {} is not answering: {e:#}",
                     config.podman_socket().display()
                 );
-                return (
-                    "unavailable".into(),
-                    CgroupSupport::new("unknown", true, Vec::new()),
-                    None,
-                );
+                return PodmanFacts {
+                    version: "unavailable".into(),
+                    cgroups: CgroupSupport::new("unknown", true, Vec::new()),
+                    mapped_uids: None,
+                    oci_runtime: Default::default(),
+                };
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
         }

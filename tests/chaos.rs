@@ -94,7 +94,7 @@ async fn a_kernel_killed_while_idle_is_noticed_and_replaced_within_2_s() {
     let ps = gw.svc.podman(&["top", &container, "pid", "args"]);
     let kernel_pid = ps
         .lines()
-        .find(|l| l.contains("ipykernel_launcher"))
+        .find(|l| l.contains("worker-kernel"))
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or_else(|| panic!("no kernel in {ps}"))
         .to_string();

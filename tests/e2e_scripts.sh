@@ -4,7 +4,10 @@
 # scripts/token.sh, scripts/restart.sh (the session survives it), an
 # operator's token from start.sh --token-file (and back), then
 # scripts/stop.sh leaves no worker
-# container. Stops the service on failure too.
+# container. Then the same service with gVisor workers
+# (CODE_INTERPRETER_WORKER_RUNTIME=gvisor, as config.toml's workers.runtime):
+# a new user's print(1), a plot, a file upload and download, a timeout (504)
+# and the fresh session after it. Stops the service on failure too.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
@@ -29,6 +32,39 @@ worker_containers() { # of the service's instance ("default" in config.toml)
 
 cleanup() { "$REPO/scripts/stop.sh" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
+
+json_field() { # json_field EXPR JSON — prints EXPR of the parsed JSON (d); a tuple space-separated
+	python3 -c 'import json,sys; d=json.loads(sys.argv[2]); v=eval(sys.argv[1])
+print(" ".join(map(str, v)) if isinstance(v, tuple) else v)' "$1" "$2"
+}
+
+gvisor_leg() {
+	CODE_INTERPRETER_WORKER_RUNTIME=gvisor "$REPO/scripts/start.sh" --no-build
+	local status body
+	status=$(curl -sS -H "X-Auth-Token: $TOKEN" "$(gateway_url)/status")
+	check "gVisor: /status isolation says gvisor, and its platform" \
+		test "$(json_field 'd["isolation"]["runtime"], d["isolation"]["platform"] in ("systrap", "kvm", "ptrace")' "$status")" = "gvisor True"
+	check "gVisor: a new user's print(1)" result_text_is $'1\n' "$(execute gv-user 'print(1)')"
+	body=$(execute gv-user 'import matplotlib.pyplot as plt\nplt.plot([1, 2], [3, 1])\nplt.show()')
+	check "gVisor: a plot comes back as a PNG" \
+		test "$(json_field 'd["result_base64"][:12]' "$body")" = iVBORw0KGgoA
+	curl -sS -X PUT "$(gateway_url)/files/upload.bin?user_uuid=gv-user" -H "X-Auth-Token: $TOKEN" \
+		--data-binary 'gVisor file bytes' >/dev/null
+	check "gVisor: an uploaded file is seen by the code" \
+		result_text_is $'gVisor file bytes\n' "$(execute gv-user 'print(open(\"upload.bin\").read())')"
+	execute gv-user 'open(\"made.txt\", \"w\").write(\"made under gVisor\")' >/dev/null
+	check "gVisor: a file the code wrote downloads" test "$(curl -sS -H "X-Auth-Token: $TOKEN" \
+		"$(gateway_url)/files/made.txt?user_uuid=gv-user")" = "made under gVisor"
+	execute gv-user 'kept = 1' >/dev/null
+	check "gVisor: code that runs too long gets 504" test "$(curl -sS -o /dev/null -w '%{http_code}' \
+		--max-time 60 -X POST "$(gateway_url)/execute" -H "X-Auth-Token: $TOKEN" \
+		-H 'Content-Type: application/json' \
+		-d '{"user_uuid": "gv-user", "code": "while True: pass", "timeout": 3}')" = 504
+	body=$(execute gv-user 'print(\"kept\" in globals())')
+	check "gVisor: then a fresh session" test "$(json_field 'd["result_text"].strip(), d["session_created"]' "$body")" = "False True"
+	"$REPO/scripts/stop.sh"
+	check "gVisor: stop.sh leaves no worker container" test "$(worker_containers)" -eq 0
+}
 
 main() {
 	"$REPO/scripts/start.sh"
@@ -68,6 +104,8 @@ main() {
 	check "stop.sh leaves no worker container" test "$(worker_containers)" -eq 0
 	"$REPO/scripts/stop.sh"
 	check "stop.sh is idempotent" true
+
+	gvisor_leg
 
 	echo "e2e: $passed passed, $failed failed"
 	((failed == 0))

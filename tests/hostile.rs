@@ -24,7 +24,10 @@ import datetime, hashlib, hmac, json, os, socket, time, uuid
 PORTS = {"shell": 1, "iopub": 2, "stdin": 3, "control": 4, "heartbeat": 5}
 def conns(channel):
     # The kernel's accepted connections on a channel: sockets named by the
-    # channel's path that are not the listening socket itself.
+    # channel's path that are not the listening socket itself (which gVisor
+    # does not flag with SO_ACCEPTCONN: it has no peer). Under gVisor a
+    # connection the gateway made from the host shows the path as its peer's
+    # name instead, and none of its own.
     path = f"/run/kernel/k-{PORTS[channel]}"
     fds = []
     for fd in map(int, os.listdir("/proc/self/fd")):
@@ -37,7 +40,12 @@ def conns(channel):
         try:
             if (s.family == socket.AF_UNIX and s.getsockname() == path
                     and not s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+                s.getpeername()
                 fds.append(fd)
+            elif s.family == socket.AF_UNIX and s.getsockname() == "" and s.getpeername() == path:
+                fds.append(fd)
+        except OSError:
+            pass
         finally:
             s.close()
     assert fds, f"no connection on {path}"

@@ -35,6 +35,34 @@ async fn state_persists_between_calls() {
     assert_eq!(third["execution_count"], 4);
 }
 
+/// containerfiles/worker/worker-kernel starts the kernel with two cuts (no
+/// garbage collection while it starts, jupyter_client's __init__ deferred):
+/// user code sees neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kernel_looks_like_a_plain_ipython_kernel() {
+    let gw = Gateway::start(Options::default()).await;
+    let code = "import gc, os, sys\n\
+        import jupyter_client\n\
+        from jupyter_client import KernelManager, BlockingKernelClient\n\
+        print(gc.isenabled(), os.getcwd(), os.environ['HOME'])\n\
+        print(jupyter_client.__version__ == jupyter_client._version.__version__)\n\
+        print(KernelManager.__name__, BlockingKernelClient.__name__)\n\
+        print('/usr/local/bin' in sys.path, type(get_ipython()).__name__)";
+    let out = gw.run("alice", code).await;
+    assert_eq!(
+        out["result_text"],
+        "True /sandbox /sandbox\nTrue\nKernelManager BlockingKernelClient\nFalse ZMQInteractiveShell\n",
+        "{out}"
+    );
+    let star = gw
+        .run(
+            "bob",
+            "from jupyter_client import *\nprint(AsyncKernelManager.__name__)",
+        )
+        .await;
+    assert_eq!(star["result_text"], "AsyncKernelManager\n", "{star}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_never_see_each_other() {
     let gw = Gateway::start(Options::default()).await;

@@ -50,6 +50,17 @@ def _open_dir(parts, create):
                 raise FileApiError("not_found", f"no directory {part!r}")
             except OSError as e:
                 raise FileApiError("bad_path", f"{part!r} is not a directory (symlinks are refused): {e.strerror}")
+            # gVisor (runsc 20221219) follows a symlink despite O_NOFOLLOW
+            # when O_DIRECTORY is set: the entry itself must be a directory,
+            # and the very one opened.
+            try:
+                entry = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                opened = os.fstat(nxt)
+                if not stat.S_ISDIR(entry.st_mode) or (entry.st_dev, entry.st_ino) != (opened.st_dev, opened.st_ino):
+                    raise FileApiError("bad_path", f"{part!r} is not a directory (symlinks are refused)")
+            except BaseException:
+                os.close(nxt)
+                raise
             os.close(fd)
             fd = nxt
         return fd

@@ -46,6 +46,8 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub host: HostInfo,
     pub podman_version: String,
+    /// Which OCI runtime isolates the workers, as checked at start-up.
+    pub isolation: crate::worker::isolation::Isolation,
     pub started: Instant,
     /// Connections the HTTP front serves at once (the configured limit, or
     /// less when the open-file limit does not fit it).
@@ -346,6 +348,7 @@ pub(crate) fn test_state_with(edit: impl FnOnce(&mut Config)) -> (Arc<AppState>,
         metrics,
         host,
         podman_version: "test".into(),
+        isolation: crate::worker::isolation::Isolation::unverified(Default::default()),
         started: Instant::now(),
         max_connections: 1024,
         transfers,

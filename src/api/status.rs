@@ -85,6 +85,7 @@ pub fn handle(state: Arc<AppState>) -> Response {
             "version": state.podman_version,
             "socket": state.config.podman_socket(),
         },
+        "isolation": state.isolation,
         "host": state.host,
         "limits": {
             "cgroup_limits_enforced": state.host.cgroups.enforced(),

@@ -8,6 +8,7 @@
 #[cfg(test)]
 pub mod fake;
 pub mod firewall;
+pub mod isolation;
 pub mod network;
 pub mod podman;
 pub mod runtime;
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::config::{AllowEntry, Config, MountConfig, NetworkMode};
+use crate::config::{AllowEntry, Config, MountConfig, NetworkMode, WorkerRuntime};
 use crate::host::CgroupSupport;
 use crate::kernel::{ConnectionInfo, KernelClient};
 use crate::random;
@@ -124,7 +125,11 @@ impl WorkerFactory {
             Some(path) => path.clone(),
             None => {
                 let path = runtime_dir.join(SECCOMP_FILE);
-                write_replacing(&path, SECCOMP_PROFILE, 0o644)?;
+                let profile = match config.worker.runtime {
+                    WorkerRuntime::Runc => SECCOMP_PROFILE.to_string(),
+                    WorkerRuntime::Gvisor => isolation::seccomp_for_gvisor(SECCOMP_PROFILE)?,
+                };
+                write_replacing(&path, &profile, 0o644)?;
                 path
             }
         };

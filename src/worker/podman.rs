@@ -35,6 +35,26 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest a dead container's log may take to read (it only adds detail to an error).
 const LOG_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// What a Podman service reports about itself.
+#[derive(Debug, Clone)]
+pub struct PodmanFacts {
+    pub version: String,
+    pub cgroups: CgroupSupport,
+    /// Rootless: (first container uid, count) ranges its user namespace maps.
+    pub mapped_uids: Option<Vec<(u32, u32)>>,
+    /// The OCI runtime its containers get (see isolation.rs).
+    pub oci_runtime: OciRuntime,
+}
+
+/// A Podman service's default OCI runtime, as `podman info` shows it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OciRuntime {
+    /// The executable (or, without a path, the name).
+    pub path: String,
+    /// What it printed for `--version`.
+    pub version: String,
+}
+
 /// A handle on the Podman service.
 #[derive(Clone)]
 pub struct PodmanRuntime {
@@ -48,9 +68,10 @@ impl PodmanRuntime {
         }
     }
 
-    /// The Podman server's version, what cgroup limits it can apply and (rootless)
-    /// the container uids its user namespace maps; also proves the socket answers.
-    pub async fn info(&self) -> Result<(String, CgroupSupport, Option<Vec<(u32, u32)>>)> {
+    /// The Podman server's version, what cgroup limits it can apply, (rootless)
+    /// the container uids its user namespace maps, and its default OCI
+    /// runtime; also proves the socket answers.
+    pub async fn info(&self) -> Result<PodmanFacts> {
         let info = bounded("asking Podman for its info", self.podman.info()).await?;
         let version = info
             .version
@@ -76,7 +97,19 @@ impl PodmanRuntime {
             rootless,
             host.cgroup_controllers.unwrap_or_default(),
         );
-        Ok((version, cgroups, mapped.filter(|_| rootless)))
+        let oci_runtime = host
+            .oci_runtime
+            .map(|r| OciRuntime {
+                path: r.path.or(r.name).unwrap_or_default(),
+                version: r.version.unwrap_or_default(),
+            })
+            .unwrap_or_default();
+        Ok(PodmanFacts {
+            version,
+            cgroups,
+            mapped_uids: mapped.filter(|_| rootless),
+            oci_runtime,
+        })
     }
 
     /// The exit code of a container that is no longer running; None while it runs.

@@ -15,8 +15,9 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
+use super::isolation;
 use super::network::{Cidr, SLIRP_RESOLVER};
-use crate::config::{Config, LimitsConfig, NetworkMode};
+use crate::config::{Config, LimitsConfig, NetworkMode, WorkerRuntime};
 use crate::host::CgroupSupport;
 
 /// Label that marks a container as a code-interpreter worker.
@@ -48,6 +49,16 @@ pub const GROUP_FILE: &str = "group";
 pub const SANDBOX_UID_ENV: &str = "CI_SANDBOX_UID";
 /// slirp4netns's address for the host's loopback (only with allow_host_loopback).
 const SLIRP_HOST_LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2));
+
+/// What the entrypoint needs before it drops everything: no NET_ADMIN under
+/// gVisor, where there is no firewall to load.
+fn entrypoint_caps(runtime: WorkerRuntime) -> Vec<String> {
+    let caps = ENTRYPOINT_CAPS.iter().map(|cap| cap.to_string());
+    match runtime {
+        WorkerRuntime::Runc => caps.collect(),
+        WorkerRuntime::Gvisor => caps.filter(|cap| cap != "NET_ADMIN").collect(),
+    }
+}
 
 /// Per-worker inputs that are not in the config.
 pub struct WorkerSite<'a> {
@@ -187,6 +198,10 @@ pub fn container_spec(
         ),
         // The entrypoint drops to this uid (1000 when unset: older gateways).
         (SANDBOX_UID_ENV.to_string(), site.uid.to_string()),
+        (
+            isolation::FIREWALL_ENV.to_string(),
+            isolation::firewall(config.worker.runtime).to_string(),
+        ),
     ]);
     let network = match config.network.mode {
         NetworkMode::None => Network::None,
@@ -212,7 +227,7 @@ pub fn container_spec(
         user: "0:0".into(),
         work_dir: WORK_DIR.into(),
         drop_capabilities: vec!["ALL".into()],
-        add_capabilities: ENTRYPOINT_CAPS.map(String::from).to_vec(),
+        add_capabilities: entrypoint_caps(config.worker.runtime),
         read_only_root: true,
         mounts,
         shm_size_bytes: limits.shm_mb * 1024 * 1024,

@@ -142,7 +142,8 @@ impl Default for Options {
         Self {
             min_idle: 1,
             max_workers: 4,
-            timeout_secs: 20.0,
+            // gVisor's ptrace platform runs heavy code (imports, forks) several times slower.
+            timeout_secs: if gvisor() { 60.0 } else { 20.0 },
             queue_timeout_secs: 30.0,
             extra: String::new(),
             server: String::new(),
@@ -167,6 +168,26 @@ pub struct Gateway {
     pub uids: UidBlock,
     /// Whether the worker image comes from CI_TEST_WORKER_IMAGE.
     image_from_env: bool,
+    /// `workers.runtime` from CI_TEST_RUNTIME (empty: the config's).
+    runtime: &'static str,
+}
+
+/// Whether this run tests gVisor workers (`CI_TEST_RUNTIME=gvisor`, set by
+/// scripts/test.sh for its second pass over the sandbox and core tests): every
+/// gateway on the service user's rootless Podman then runs `workers.runtime =
+/// "gvisor"`, unless the test's own config names a runtime.
+pub fn gvisor() -> bool {
+    std::env::var("CI_TEST_RUNTIME").is_ok_and(|r| r == "gvisor")
+}
+
+/// For tests that prove something of runc workers alone (nftables rules in
+/// the worker's network namespace, the network modes, cgroup limits): true,
+/// after saying so, when this run tests gVisor.
+pub fn skip_under_gvisor(what: &str) -> bool {
+    if gvisor() {
+        eprintln!("skipped under gVisor: {what}");
+    }
+    gvisor()
 }
 
 /// A block of sandbox uids reserved for one test gateway by an exclusive
@@ -263,6 +284,12 @@ impl Gateway {
         fs::set_permissions(&config_path, fs::Permissions::from_mode(0o644)).unwrap();
         let token = format!("test-token-{}", random_tag());
         let image_from_env = !options.extra.contains("image =");
+        let runtime =
+            if gvisor() && svc.podman_socket.is_none() && !options.extra.contains("runtime =") {
+                "gvisor"
+            } else {
+                ""
+            };
         let mut gateway = Self {
             child: None,
             url: format!("http://127.0.0.1:{port}"),
@@ -277,6 +304,7 @@ impl Gateway {
                 .unwrap(),
             uids: UidBlock::reserve(),
             image_from_env,
+            runtime,
         };
         gateway.spawn().await;
         gateway
@@ -309,6 +337,7 @@ impl Gateway {
                 .env("RUST_LOG", "info")
                 .env("CODE_INTERPRETER_UID_BASE", self.uids.base.to_string())
                 .env("CODE_INTERPRETER_UID_COUNT", self.uids.count.to_string())
+                .env("CODE_INTERPRETER_WORKER_RUNTIME", self.runtime)
                 .env(
                     "CODE_INTERPRETER_WORKER_IMAGE",
                     std::env::var("CI_TEST_WORKER_IMAGE")
