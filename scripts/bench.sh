@@ -173,15 +173,16 @@ measure_profiles() {
 	done
 }
 
-# measure_runtimes: runc and gVisor side by side, 2 idle workers each: 20
-# quiet cold starts and 5 first `import pandas`; one user's trivial requests
-# back to back (the round trip); the original's workload (30 x 100, think
-# 0.1-0.5 s) with its sessions created inside the run.
+# measure_runtimes: runc and gVisor side by side, each with the shipped pool
+# of 32 idle workers (what min_idle = "auto" keeps on this host): 20 quiet
+# cold starts and 5 first `import pandas`; one user's trivial requests back
+# to back (the round trip); the original's workload (30 x 100, think 0.1-0.5 s)
+# with its sessions created inside the run.
 measure_runtimes() {
 	local runtime url=http://127.0.0.1:$PORT
 	ensure_gvisor
 	for runtime in runc gvisor; do
-		start_gateway "min_idle = 2" "" "" "$runtime"
+		start_gateway "min_idle = 32" "" "" "$runtime"
 		log "== runtime $runtime: $(curl -fsS -H "X-Auth-Token: $token" "$url/status" |
 			python3 -c 'import json,sys; print(json.load(sys.stdin)["isolation"])') (load: $(cut -d' ' -f1-3 /proc/loadavg))"
 		"$bin" bench --url "$url" --no-workload --new-users 20 --first-imports 5 "${extra[@]}"
