@@ -217,7 +217,13 @@ measure_scale_out() {
 				--scenario "$SCENARIO" --think $think --new-users 0 "${args[@]}" "${extra[@]}"
 		done
 	done
-	log "requests per node through HAProxy: $(grep -o 'gateways/[a-z]*' "$lb_dir/haproxy.log" | sort | uniq -c | tr -s ' \n' ' ')"
+	local ticks requests
+	ticks=$(awk '{print $14 + $15}' "/proc/$haproxy_pid/stat")
+	requests=$(grep -c 'POST /execute' "$lb_dir/haproxy.log" || true)
+	log "HAProxy: $requests requests to /execute, per node: $(grep 'POST /execute' "$lb_dir/haproxy.log" |
+		grep -o 'gateways/[a-z]*' | sort | uniq -c | tr -s ' \n' ' ')"
+	log "HAProxy CPU: $(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v n="$requests" \
+		'BEGIN { printf "%.2f s, %.3f ms/request", t / hz, n ? 1000 * t / hz / n : 0 }')"
 	stop_scale_out
 	trap - EXIT
 }
