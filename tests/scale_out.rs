@@ -301,6 +301,73 @@ async fn users_stay_on_their_node_and_survive_the_other_nodes_changes() {
         b_users.len()
     );
 
+    // The key's other places: the query string (under /api/v1 too), a body
+    // whose user_uuid comes first however long the code, and the refusal of
+    // one whose user_uuid lies past what HAProxy reads.
+    let keyed = "keyed-6f1c2d";
+    let (_, created, keyed_node) = client.count(keyed).await;
+    assert!(created);
+    let by_query = client
+        .send(
+            client
+                .http
+                .post(format!("{}/api/v1/execute?user_uuid={keyed}", client.url))
+                .json(&json!({ "code": COUNT })),
+        )
+        .await;
+    assert_eq!(
+        (
+            by_query.status,
+            by_query.body["result_text"].as_str(),
+            by_query.node.as_str()
+        ),
+        (200, Some("2\n"), keyed_node.as_str()),
+        "{}",
+        by_query.body
+    );
+    let long_code = format!("{}\n{COUNT}", "#".repeat(40_000));
+    let first = format!(r#"{{"user_uuid":"{keyed}","code":{}}}"#, json!(long_code));
+    let last = format!(r#"{{"code":{},"user_uuid":"{keyed}"}}"#, json!(long_code));
+    let post = |body: String| {
+        client
+            .http
+            .post(format!("{}/execute", client.url))
+            .header("Content-Type", "application/json")
+            .body(body)
+    };
+    let answer = client.send(post(first)).await;
+    assert_eq!(
+        (
+            answer.status,
+            answer.body["result_text"].as_str(),
+            answer.node.as_str()
+        ),
+        (200, Some("3\n"), keyed_node.as_str()),
+        "{}",
+        answer.body
+    );
+    let answer = client.send(post(last)).await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
+    assert!(
+        answer.body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("found no user_uuid"),
+        "{}",
+        answer.body
+    );
+    let files = client
+        .send(
+            client
+                .http
+                .get(format!("{}/files?user_uuid={keyed}", client.url)),
+        )
+        .await;
+    assert_eq!(
+        (files.status, files.node.as_str()),
+        (200, keyed_node.as_str())
+    );
+
     // Server-sent events pass through unbuffered: the first event arrives
     // while the code still runs.
     let asked = Instant::now();
