@@ -223,7 +223,7 @@ impl Client {
 
 async fn node(name: &str, token: &str) -> Gateway {
     Gateway::start(Options {
-        min_idle: 2,
+        min_idle: 1,
         // Room for every user on one node after the other failed.
         max_workers: 80,
         timeout_secs: 30.0,
@@ -367,6 +367,30 @@ async fn users_stay_on_their_node_and_survive_the_other_nodes_changes() {
         (files.status, files.node.as_str()),
         (200, keyed_node.as_str())
     );
+    // /mcp carries the user in X-User-UUID (whatever the node answers there);
+    // without one it is not refused by the balancer.
+    let mcp = |user: Option<&str>| {
+        let request = client
+            .http
+            .post(format!("{}/mcp", client.url))
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}));
+        match user {
+            Some(user) => request.header("X-User-UUID", user),
+            None => request,
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(client.send(mcp(Some(keyed))).await.node, keyed_node);
+    }
+    let anonymous = client.send(mcp(None)).await;
+    assert!(
+        !anonymous.body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("found no user_uuid"),
+        "{}",
+        anonymous.body
+    );
 
     // Server-sent events pass through unbuffered: the first event arrives
     // while the code still runs.
@@ -442,7 +466,12 @@ async fn users_stay_on_their_node_and_survive_the_other_nodes_changes() {
         assert!(Instant::now() < deadline, "a's users never all ran");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The host dies: the gateway and its workers with it. (A gateway that
+    // crashes alone re-adopts its workers when it starts again.)
     a.kill();
+    for container in a.containers() {
+        a.svc.podman(&["rm", "-f", "-t", "0", &container]);
+    }
     for task in in_flight {
         let answer = task.await.unwrap();
         assert_eq!(answer.status, 502, "{}", answer.body);
@@ -492,6 +521,19 @@ async fn users_stay_on_their_node_and_survive_the_other_nodes_changes() {
         *newcomers.entry(node).or_insert(0) += 1;
     }
     assert!(newcomers.len() == 2, "newcomers: {newcomers:?}");
+    // Their workers go: the machine is shared, and the test needs no more.
+    for i in 0..10 {
+        let user = format!("newcomer-{i}-6f1c2d");
+        let released = client
+            .send(
+                client
+                    .http
+                    .post(format!("{}/release", client.url))
+                    .json(&json!({ "user_uuid": user })),
+            )
+            .await;
+        assert_eq!(released.status, 200, "{}", released.body);
+    }
     eprintln!("phase 3: a is back, nobody moved; newcomers {newcomers:?}");
 
     // 4. A third node. The configuration is rendered again and HAProxy
