@@ -150,6 +150,33 @@ struct Answer {
     node: String,
 }
 
+impl Answer {
+    /// Insists on this status and a JSON `detail` that says `words`.
+    fn assert_error(&self, status: u16, words: &str) {
+        let detail = self.body["detail"].as_str().unwrap_or("");
+        assert!(
+            self.status == status && detail.contains(words),
+            "expected {status} saying {words:?}: {} {}",
+            self.status,
+            self.body
+        );
+    }
+
+    /// Insists on a 200 from `node` whose output is the counter at `count`.
+    fn assert_counted(&self, count: u64, node: &str) {
+        assert_eq!(
+            (
+                self.status,
+                self.body["result_text"].as_str(),
+                self.node.as_str()
+            ),
+            (200, Some(format!("{count}\n").as_str()), node),
+            "{}",
+            self.body
+        );
+    }
+}
+
 impl Client {
     fn new(url: String, token: &str) -> Self {
         Self {
@@ -179,13 +206,15 @@ impl Client {
         Answer { status, body, node }
     }
 
+    /// POSTs `body` as JSON to `path` (with its query string).
+    async fn post(&self, path: &str, body: Value) -> Answer {
+        self.send(self.http.post(format!("{}{path}", self.url)).json(&body))
+            .await
+    }
+
     async fn execute(&self, user: &str, code: &str) -> Answer {
-        self.send(
-            self.http
-                .post(format!("{}/execute", self.url))
-                .json(&json!({"user_uuid": user, "code": code})),
-        )
-        .await
+        self.post("/execute", json!({"user_uuid": user, "code": code}))
+            .await
     }
 
     /// Runs the counter; insists on a 200; returns (count, session_created, node).
@@ -308,23 +337,12 @@ async fn users_stay_on_their_node_and_survive_the_other_nodes_changes() {
     let (_, created, keyed_node) = client.count(keyed).await;
     assert!(created);
     let by_query = client
-        .send(
-            client
-                .http
-                .post(format!("{}/api/v1/execute?user_uuid={keyed}", client.url))
-                .json(&json!({ "code": COUNT })),
+        .post(
+            &format!("/api/v1/execute?user_uuid={keyed}"),
+            json!({ "code": COUNT }),
         )
         .await;
-    assert_eq!(
-        (
-            by_query.status,
-            by_query.body["result_text"].as_str(),
-            by_query.node.as_str()
-        ),
-        (200, Some("2\n"), keyed_node.as_str()),
-        "{}",
-        by_query.body
-    );
+    by_query.assert_counted(2, &keyed_node);
     let long_code = format!("{}\n{COUNT}", "#".repeat(40_000));
     let first = format!(r#"{{"user_uuid":"{keyed}","code":{}}}"#, json!(long_code));
     let last = format!(r#"{{"code":{},"user_uuid":"{keyed}"}}"#, json!(long_code));
@@ -336,26 +354,9 @@ async fn users_stay_on_their_node_and_survive_the_other_nodes_changes() {
             .body(body)
     };
     let answer = client.send(post(first)).await;
-    assert_eq!(
-        (
-            answer.status,
-            answer.body["result_text"].as_str(),
-            answer.node.as_str()
-        ),
-        (200, Some("3\n"), keyed_node.as_str()),
-        "{}",
-        answer.body
-    );
+    answer.assert_counted(3, &keyed_node);
     let answer = client.send(post(last)).await;
-    assert_eq!(answer.status, 400, "{}", answer.body);
-    assert!(
-        answer.body["detail"]
-            .as_str()
-            .unwrap()
-            .contains("found no user_uuid"),
-        "{}",
-        answer.body
-    );
+    answer.assert_error(400, "found no user_uuid");
     let files = client
         .send(
             client
@@ -474,15 +475,7 @@ async fn users_stay_on_their_node_and_survive_the_other_nodes_changes() {
     }
     for task in in_flight {
         let answer = task.await.unwrap();
-        assert_eq!(answer.status, 502, "{}", answer.body);
-        assert!(
-            answer.body["detail"]
-                .as_str()
-                .unwrap()
-                .contains("session is lost"),
-            "{}",
-            answer.body
-        );
+        answer.assert_error(502, "session is lost");
     }
     // Then a fresh session on b, at once (before or after the health checks
     // took a out: a refused connection is sent on to b), kept from there.
@@ -524,14 +517,7 @@ async fn users_stay_on_their_node_and_survive_the_other_nodes_changes() {
     // Their workers go: the machine is shared, and the test needs no more.
     for i in 0..10 {
         let user = format!("newcomer-{i}-6f1c2d");
-        let released = client
-            .send(
-                client
-                    .http
-                    .post(format!("{}/release", client.url))
-                    .json(&json!({ "user_uuid": user })),
-            )
-            .await;
+        let released = client.post("/release", json!({ "user_uuid": user })).await;
         assert_eq!(released.status, 200, "{}", released.body);
     }
     eprintln!("phase 3: a is back, nobody moved; newcomers {newcomers:?}");
