@@ -23,7 +23,11 @@
 #    a trivial /execute round trip, a new session's first import pandas, and
 #    the original's workload (installs runsc and its Podman service if needed).
 #
-# Usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [--default-service | --profiles | --runtimes] [-- extra bench args]
+# 7. With --scale-out: two gateways (instances bench-a and bench-b) behind
+#    HAProxy as scripts/scale-out.sh renders it: the same workload direct to
+#    one gateway, then through HAProxy across both (README, "Scaling out").
+#
+# Usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [--default-service | --profiles | --runtimes | --scale-out] [-- extra bench args]
 #        scripts/bench.sh --venv-only   (step 1 only)
 # Env: BENCH_USERS (30), BENCH_REQUESTS (100), BENCH_SCENARIO (mixed), BENCH_PORT (3875).
 # Needs the host prepared by scripts/start.sh --no-start (Podman, worker image).
@@ -196,6 +200,62 @@ measure_runtimes() {
 	done
 }
 
+# measure_scale_out: the workload (saturation and think time) direct to one
+# gateway, then through HAProxy over two, each node with a warm pool of USERS.
+measure_scale_out() {
+	# lb_dir and haproxy_pid are globals: the EXIT trap needs them.
+	local pool nodes=() name port lb_port=$((PORT + 2)) mode think
+	haproxy_pid=
+	pool=$(printf 'min_idle = %s\nmax_workers = %s' "$USERS" "$USERS")
+	lb_dir=$(mktemp -d /tmp/ci-bench-haproxy.XXXXXX)
+	# Both gateways and HAProxy go at the end, whatever happens.
+	stop_scale_out() {
+		[[ -n $haproxy_pid ]] && kill "$haproxy_pid" 2>/dev/null && wait "$haproxy_pid" 2>/dev/null
+		haproxy_pid=""
+		local node
+		for node in a b; do
+			eval "pid=\${pid_$node:-} scratch=\${scratch_$node:-} run_dir=\${run_dir_$node:-}"
+			INSTANCE=bench-$node stop_gateway
+		done
+		rm -rf "$lb_dir"
+	}
+	trap stop_scale_out EXIT
+	for name in a b; do
+		port=$PORT
+		[[ $name == b ]] && port=$((PORT + 1))
+		INSTANCE=bench-$name PORT=$port start_gateway "$pool" 512
+		trap stop_scale_out EXIT
+		eval "pid_$name=\$pid scratch_$name=\$scratch run_dir_$name=\$run_dir"
+		nodes+=("$name=127.0.0.1:$port")
+	done
+	"$REPO/scripts/scale-out.sh" --no-chroot --listen "127.0.0.1:$lb_port" \
+		--socket "$lb_dir/admin.sock" "${nodes[@]}" >"$lb_dir/haproxy.cfg"
+	/usr/sbin/haproxy -db -f "$lb_dir/haproxy.cfg" >"$lb_dir/haproxy.log" 2>&1 &
+	haproxy_pid=$!
+	wait_for 10 curl -fs "http://127.0.0.1:$lb_port/health" -o /dev/null ||
+		die "HAProxy did not start: $(cat "$lb_dir/haproxy.log")"
+	log "HAProxy $(/usr/sbin/haproxy -v | head -1 | cut -d' ' -f3) at http://127.0.0.1:$lb_port over ${nodes[*]}"
+	for mode in direct balanced; do
+		local url=http://127.0.0.1:$PORT args=(--gateway-pid "$pid_a")
+		[[ $mode == balanced ]] && url=http://127.0.0.1:$lb_port args=()
+		for think in "0 0" "0.1 0.5"; do
+			log "== $mode, $url, think $think s, load: $(cut -d' ' -f1-3 /proc/loadavg)"
+			# shellcheck disable=SC2086 # $think is two numbers
+			"$bin" bench --url "$url" --users "$USERS" --requests "$REQUESTS" \
+				--scenario "$SCENARIO" --think $think --new-users 0 "${args[@]}" "${extra[@]}"
+		done
+	done
+	local ticks requests
+	ticks=$(awk '{print $14 + $15}' "/proc/$haproxy_pid/stat")
+	requests=$(grep -c 'POST /execute' "$lb_dir/haproxy.log" || true)
+	log "HAProxy: $requests requests to /execute, per node: $(grep 'POST /execute' "$lb_dir/haproxy.log" |
+		grep -o 'gateways/[a-z]*' | sort | uniq -c | tr -s ' \n' ' ')"
+	log "HAProxy CPU: $(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v n="$requests" \
+		'BEGIN { printf "%.2f s, %.3f ms/request", t / hz, n ? 1000 * t / hz / n : 0 }')"
+	stop_scale_out
+	trap - EXIT
+}
+
 main() {
 	local url="" plot="" json="" default_service=0
 	while (($#)); do
@@ -207,8 +267,9 @@ main() {
 		--default-service) default_service=1 ;;
 		--profiles) default_service=2 ;;
 		--runtimes) default_service=3 ;;
+		--scale-out) default_service=4 ;;
 		--) shift; extra=("$@"); break ;;
-		*) die "unknown argument $1 (usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [--default-service] [-- bench args])" ;;
+		*) die "unknown argument $1 (usage: scripts/bench.sh [--url URL] [--plot DIR] [--json DIR] [--default-service | --profiles | --runtimes | --scale-out] [-- bench args])" ;;
 		esac
 		shift
 	done
@@ -220,8 +281,10 @@ main() {
 	export CODE_INTERPRETER_TOKEN=$token CODE_INTERPRETER_BENCH_PYTHON=$VENV/bin/python
 
 	if ((default_service)); then
-		[[ -z $url ]] || die "--default-service and --profiles start their own gateways: drop --url"
-		if ((default_service == 3)); then
+		[[ -z $url ]] || die "--default-service, --profiles, --runtimes and --scale-out start their own gateways: drop --url"
+		if ((default_service == 4)); then
+			measure_scale_out
+		elif ((default_service == 3)); then
 			measure_runtimes
 		elif ((default_service == 2)); then
 			measure_profiles

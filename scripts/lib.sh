@@ -217,9 +217,10 @@ ensure_packages() {
 }
 
 # What only the test suite needs: Debian's Chromium and its WebDriver for the
-# playground's browser test (tests/playground.rs). Never a downloaded browser.
+# playground's browser test (tests/playground.rs), never a downloaded browser;
+# Debian's HAProxy for the scale-out test (tests/scale_out.rs).
 ensure_test_packages() {
-	apt_ensure "test packages" chromium chromium-driver
+	apt_ensure "test packages" chromium chromium-driver haproxy
 }
 
 # apt_ensure LABEL PKG...: install the packages that are not installed yet.

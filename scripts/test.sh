@@ -5,7 +5,8 @@
 #    user, rootless Podman and its REST socket, gVisor (runsc) and its workers'
 #    Podman service, the worker images of both profiles (cached by input
 #    hash), release build;
-#    then Debian's chromium and chromium-driver for the browser test.
+#    then Debian's chromium and chromium-driver for the browser test, and
+#    Debian's haproxy for the scale-out test.
 # 2. cargo test --release: unit tests, then integration tests that start real
 #    gateways as the service user against real rootless Podman. As root, a
 #    private rootful Podman (tests/rootful_podman.sh) also runs, so the

@@ -101,6 +101,10 @@ pub struct ServerConfig {
     /// one that has waited longest without a complete request; 503 if all
     /// have a request in flight.
     pub max_connections: usize,
+    /// This gateway's name among several behind a balancer, reported in
+    /// `/status` so that an operator sees where a user lives; default: the
+    /// host name.
+    pub node: Option<String>,
 }
 
 /// Where the gateway keeps its files and finds Podman. Empty means "derive".
@@ -458,6 +462,7 @@ impl Default for ServerConfig {
             body_timeout_secs: 30,
             body_min_bytes_per_sec: 4096,
             max_connections: 1024,
+            node: None,
         }
     }
 }
@@ -575,6 +580,9 @@ impl Config {
                 .parse()
                 .with_context(|| format!("CODE_INTERPRETER_UID_COUNT={count:?} is not a count"))?;
         }
+        if let Some(node) = var("CODE_INTERPRETER_NODE").filter(|n| !n.is_empty()) {
+            self.server.node = Some(node);
+        }
         if let Some(instance) = var("CODE_INTERPRETER_INSTANCE") {
             self.worker.instance = instance;
         }
@@ -659,6 +667,11 @@ impl Config {
                 bail!("server.{name} must be in [1, 86400]");
             }
         }
+        if let Some(node) = &server.node {
+            if node.is_empty() || node.len() > 64 || node.chars().any(|c| c.is_control()) {
+                bail!("server.node must be 1-64 characters without control characters");
+            }
+        }
         if !(1..=1_000_000).contains(&server.max_connections) {
             bail!("server.max_connections must be in [1, 1000000]");
         }
@@ -724,6 +737,11 @@ impl Config {
         }
     }
 
+    /// This gateway's node name: `server.node`, else the host name.
+    pub fn node(&self) -> String {
+        self.server.node.clone().unwrap_or_else(host_name)
+    }
+
     /// The configured hard timeout of one execution.
     pub fn max_timeout(&self) -> Duration {
         Duration::from_secs_f64(self.execution.timeout_secs)
@@ -762,6 +780,16 @@ impl Config {
                 .unwrap_or_else(|| user_runtime_dir().join("podman/podman-gvisor.sock")),
         }
     }
+}
+
+/// The kernel's host name (`uname -n`), or "unknown"; read from /proc to
+/// avoid an unsafe libc call.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 /// An allowed CORS origin must be exactly what browsers send in `Origin`:
@@ -833,6 +861,19 @@ mod tests {
             .apply_env(|name| (name == "CODE_INTERPRETER_LISTEN").then(|| "127.0.0.1:9001".into()))
             .unwrap();
         assert_eq!(config.server.listen.port(), 9001);
+    }
+
+    #[test]
+    fn the_node_is_configured_or_the_host_name() {
+        let mut config = Config::default();
+        let host = config.node();
+        assert!(!host.is_empty());
+        config
+            .apply_env(|name| (name == "CODE_INTERPRETER_NODE").then(|| "gw-2".into()))
+            .unwrap();
+        assert_eq!(config.node(), "gw-2");
+        config.server.node = Some("bad\nname".into());
+        assert!(config.validate().is_err());
     }
 
     #[test]

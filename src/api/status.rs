@@ -52,6 +52,7 @@ pub fn handle(state: Arc<AppState>) -> Response {
         "idle_workers_in_pool": pool.idle,
         "is_initializing": pool.initializing,
         // Ours.
+        "node": state.config.node(),
         "sessions": sessions.sessions,
         "creating_workers": pool.creating,
         "capacity": {

@@ -135,6 +135,9 @@ pub struct Options {
     pub pool: String,
     /// Run against this Podman instead of the service user's rootless one.
     pub svc: Option<ServiceUser>,
+    /// The API token (several gateways behind one balancer share one);
+    /// default: a random one.
+    pub token: Option<String>,
 }
 
 impl Default for Options {
@@ -149,6 +152,7 @@ impl Default for Options {
             server: String::new(),
             pool: String::new(),
             svc: None,
+            token: None,
         }
     }
 }
@@ -282,7 +286,10 @@ impl Gateway {
         let config_path = scratch.join("config.toml");
         fs::write(&config_path, config).unwrap();
         fs::set_permissions(&config_path, fs::Permissions::from_mode(0o644)).unwrap();
-        let token = format!("test-token-{}", random_tag());
+        let token = options
+            .token
+            .take()
+            .unwrap_or_else(|| format!("test-token-{}", random_tag()));
         let image_from_env = !options.extra.contains("image =");
         let runtime =
             if gvisor() && svc.podman_socket.is_none() && !options.extra.contains("runtime =") {
