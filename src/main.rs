@@ -16,6 +16,7 @@ mod config;
 mod front;
 mod host;
 mod kernel;
+mod mcp;
 mod metrics;
 mod net_guard;
 mod pool;
@@ -50,6 +51,9 @@ enum Command {
     Serve,
     /// Print the API token (creating it on first use).
     Token,
+    /// An MCP server on stdin/stdout that forwards to a running gateway's /mcp
+    /// (for desktop clients that launch tools as commands).
+    Mcp(mcp::stdio::Args),
     /// Exit 0 if the gateway at the configured address answers `GET /health` with 200.
     Healthcheck,
     /// Measure a gateway under the original's workload (and a jupyter_client baseline).
@@ -79,6 +83,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => healthcheck(config.server.listen),
+        Command::Mcp(args) => mcp::stdio::run(args),
         #[cfg(feature = "bench")]
         Command::Bench(args) => bench::run(*args, || {
             Ok(auth::Token::load_or_create(&config)?.reveal().to_string())
@@ -89,7 +94,8 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
+                        // rmcp logs every MCP message at info.
+                        .unwrap_or_else(|_| "info,rmcp=warn".into()),
                 )
                 .with_ansi(std::io::stderr().is_terminal())
                 .init();

@@ -8,9 +8,9 @@
 
 mod body;
 mod cors;
-mod errors;
-mod execute;
-mod files;
+pub(crate) mod errors;
+pub(crate) mod execute;
+pub(crate) mod files;
 mod files_url;
 pub mod models;
 mod openapi;
@@ -52,6 +52,8 @@ pub struct AppState {
     pub max_connections: usize,
     /// The HTTP client of files by URL, with its limits.
     pub transfers: Arc<crate::transfer::Transfers>,
+    /// Cancelled when the gateway begins to shut down (MCP sessions end their streams).
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Every route the gateway serves, as (method, path). The API routes (all but
@@ -74,6 +76,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/files/{path}"),
     ("POST", "/files"),
     ("POST", "/files/export"),
+    ("POST", "/mcp"),
+    ("GET", "/mcp"),
+    ("DELETE", "/mcp"),
 ];
 
 /// The original's versioned prefix, under which the API routes are served as well.
@@ -87,7 +92,7 @@ pub fn is_api(path: &str) -> bool {
 }
 
 /// Room for JSON escaping around the largest accepted `code` (`\u0000` is 6 bytes).
-fn body_limit(max_code_bytes: usize) -> usize {
+pub(crate) fn body_limit(max_code_bytes: usize) -> usize {
     max_code_bytes.saturating_mul(6).saturating_add(64 * 1024)
 }
 
@@ -119,6 +124,7 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         warp::any().map(move || Arc::clone(&state))
     };
     let auth = authenticated(state.token.clone());
+    let mcp = crate::mcp::route(Arc::clone(&state));
 
     let health = warp::path!("health")
         .and(warp::get())
@@ -227,6 +233,8 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .or(status)
         .unify()
         .or(files)
+        .unify()
+        .or(mcp)
         .unify()
         .boxed()
 }
@@ -349,6 +357,7 @@ pub(crate) fn test_state_with(edit: impl FnOnce(&mut Config)) -> (Arc<AppState>,
         started: Instant::now(),
         max_connections: 1024,
         transfers,
+        stopping: tokio_util::sync::CancellationToken::new(),
     });
     (state, dir)
 }

@@ -1,0 +1,147 @@
+//! The Model Context Protocol server at `/mcp`: agents use the sandbox as a tool.
+//!
+//! The protocol is the official Rust SDK's (`rmcp`): its Streamable HTTP
+//! transport is a tower service over `http` 1 types, so a warp route calls it
+//! beside the REST handlers, behind the same token and the same HTTP front.
+//! The route rebuilds an `http::Request` from warp's parts and streams rmcp's
+//! answer (JSON, or server-sent events while a tool runs) back through warp.
+//!
+//! - `tools.rs`: the tools and the handler of one MCP session, on the same
+//!   session table as the REST API (no second path to the kernel);
+//! - `content.rs`: outputs and failures as MCP tool results;
+//! - `stdio.rs`: `code-interpreter mcp`, a stdio server forwarding to `/mcp`.
+
+mod content;
+pub mod stdio;
+mod tools;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use futures_util::{Stream, StreamExt};
+use http_body::Frame;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use warp::filters::BoxedFilter;
+use warp::http::{HeaderMap, Method, StatusCode};
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::api::{ApiError, AppState};
+use crate::auth::Token;
+
+/// Server-sent comments that keep a quiet stream (a long run) open through proxies.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `/mcp` (POST, GET and DELETE, as Streamable HTTP has them), authenticated
+/// with `X-Auth-Token` or `Authorization: Bearer`.
+pub fn route(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
+    let service = service(Arc::clone(&state));
+    let methods = warp::post()
+        .or(warp::get())
+        .unify()
+        .or(warp::delete())
+        .unify();
+    warp::path!("mcp")
+        .and(methods)
+        .and(authenticated(state.token.clone()))
+        .and(warp::method())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(move |method, headers, body| {
+            let service = service.clone();
+            async move { forward(&service, method, headers, body).await }
+        })
+        .boxed()
+}
+
+type Service = StreamableHttpService<tools::Sandbox, LocalSessionManager>;
+
+/// rmcp's service: one [`tools::Sandbox`] per MCP session; a session idles
+/// out when the sandbox sessions do, and every session ends when the gateway
+/// begins to shut down (their streams would otherwise hold the shutdown).
+fn service(state: Arc<AppState>) -> Service {
+    let mut sessions = LocalSessionManager::default();
+    sessions.session_config.keep_alive =
+        Some(Duration::from_secs(state.config.sessions.idle_timeout_secs));
+    let stopping = state.stopping.clone();
+    let mut config = StreamableHttpServerConfig::default()
+        // The token guards every request, which DNS rebinding cannot learn:
+        // the loopback-only Host check would refuse every remote client.
+        .disable_allowed_hosts()
+        .with_sse_keep_alive(Some(SSE_KEEP_ALIVE))
+        .with_max_request_body_bytes(max_body(&state))
+        .with_cancellation_token(stopping.child_token());
+    // Browser pages: the same origins CORS lets in, and no other.
+    config = config
+        .with_allowed_origins(state.config.server.cors_origins.clone())
+        .enforce_origin_validation();
+    let factory = move || Ok(tools::Sandbox::new(Arc::clone(&state), stopping.clone()));
+    StreamableHttpService::new(factory, Arc::new(sessions), config)
+}
+
+/// The largest JSON-RPC message: code as `/execute` takes it, or a file as
+/// large as the files API takes (base64 in `write_file`).
+fn max_body(state: &AppState) -> usize {
+    let code = crate::api::body_limit(state.config.server.max_code_bytes);
+    let file = (state.config.limits.disk_mb as usize)
+        .saturating_mul(1024 * 1024)
+        .saturating_mul(4)
+        / 3
+        + 64 * 1024;
+    code.max(file)
+}
+
+/// Hands the request to rmcp and streams its answer back.
+async fn forward<S, B>(service: &Service, method: Method, headers: HeaderMap, body: S) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send + 'static,
+{
+    let body = http_body_util::StreamBody::new(
+        body.map(|chunk| chunk.map(|mut buf| Frame::data(buf.copy_to_bytes(buf.remaining())))),
+    );
+    let mut request = http::Request::new(body);
+    *request.method_mut() = method;
+    *request.uri_mut() = http::Uri::from_static("/mcp");
+    *request.headers_mut() = headers;
+    let (parts, body) = service.handle(request).await.into_parts();
+    let stream = http_body_util::BodyDataStream::new(body).map(|chunk| chunk.map(Bytes::from));
+    let mut response = warp::reply::stream(stream).into_response();
+    *response.status_mut() = parts.status;
+    *response.headers_mut() = parts.headers;
+    response
+}
+
+/// Passes requests whose `X-Auth-Token`, or `Authorization: Bearer` as MCP
+/// clients send it, is the token; else 401 `{"detail"}`.
+fn authenticated(token: Token) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::header::optional::<String>("x-auth-token")
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(
+            move |header: Option<String>, authorization: Option<String>| {
+                let token = token.clone();
+                async move {
+                    let bearer = authorization.as_deref().and_then(|value| {
+                        let (scheme, credentials) = value.split_once(' ')?;
+                        scheme
+                            .eq_ignore_ascii_case("bearer")
+                            .then(|| credentials.trim().to_string())
+                    });
+                    match header.or(bearer) {
+                        Some(value) if token.matches(&value) => Ok(()),
+                        Some(_) => Err(warp::reject::custom(ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            "invalid token",
+                        ))),
+                        None => Err(warp::reject::custom(ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            "missing token: send X-Auth-Token or Authorization: Bearer",
+                        ))),
+                    }
+                }
+            },
+        )
+        .untuple_one()
+}
