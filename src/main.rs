@@ -76,6 +76,10 @@ const NO_BENCH: &str = "this code-interpreter was built without the benchmark \
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The stdio MCP server needs no configuration: it talks to a gateway by URL.
+    if let Command::Mcp(args) = cli.command {
+        return mcp::stdio::run(args);
+    }
     let config = config::Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Token => {
@@ -83,7 +87,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => healthcheck(config.server.listen),
-        Command::Mcp(args) => mcp::stdio::run(args),
+        Command::Mcp(_) => unreachable!("handled above"),
         #[cfg(feature = "bench")]
         Command::Bench(args) => bench::run(*args, || {
             Ok(auth::Token::load_or_create(&config)?.reveal().to_string())

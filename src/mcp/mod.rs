@@ -18,7 +18,7 @@ mod tools;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use futures_util::{Stream, StreamExt};
 use http_body::Frame;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
@@ -107,7 +107,7 @@ where
     *request.uri_mut() = http::Uri::from_static("/mcp");
     *request.headers_mut() = headers;
     let (parts, body) = service.handle(request).await.into_parts();
-    let stream = http_body_util::BodyDataStream::new(body).map(|chunk| chunk.map(Bytes::from));
+    let stream = http_body_util::BodyDataStream::new(body);
     let mut response = warp::reply::stream(stream).into_response();
     *response.status_mut() = parts.status;
     *response.headers_mut() = parts.headers;
@@ -144,4 +144,61 @@ fn authenticated(token: Token) -> impl Filter<Extract = (), Error = Rejection> +
             },
         )
         .untuple_one()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::api::{routes, test_state};
+
+    const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"0"}}}"#;
+
+    fn request(auth: Option<(&str, &str)>) -> warp::test::RequestBuilder {
+        let mut request = warp::test::request()
+            .method("POST")
+            .path("/mcp")
+            .header("host", "gateway.example:3874")
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(INITIALIZE);
+        if let Some((name, value)) = auth {
+            request = request.header(name, value);
+        }
+        request
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_wrong_token_is_401_json_and_bearer_is_accepted() {
+        let (state, _dir) = test_state();
+        let token = state.token.reveal().to_string();
+        let filter = routes(state);
+        for auth in [
+            None,
+            Some(("authorization", "Bearer nope")),
+            Some(("x-auth-token", "nope")),
+        ] {
+            let response = request(auth).reply(&filter).await;
+            assert_eq!(response.status(), 401, "{auth:?}");
+            let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+            assert!(body["detail"].as_str().unwrap().contains("token"));
+        }
+        let bearer = format!("Bearer {token}");
+        for auth in [("authorization", bearer.as_str()), ("x-auth-token", &token)] {
+            let response = request(Some(auth)).reply(&filter).await;
+            assert_eq!(
+                response.status(),
+                200,
+                "{}",
+                String::from_utf8_lossy(response.body())
+            );
+            assert!(response.headers().contains_key("mcp-session-id"));
+            let body = String::from_utf8_lossy(response.body());
+            assert!(body.contains(r#""protocolVersion":"2025-06-18""#), "{body}");
+        }
+        let response = warp::test::request()
+            .method("PUT")
+            .path("/mcp")
+            .reply(&filter)
+            .await;
+        assert_eq!(response.status(), 405);
+    }
 }

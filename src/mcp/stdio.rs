@@ -16,6 +16,7 @@
 //! stdin the MCP session is ended with `DELETE /mcp`.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -109,52 +110,59 @@ impl Gateway {
         request
     }
 
-    /// POSTs one message and writes every message of the answer to `out`.
+    /// POSTs one message and writes every message of the answer to `out`; a
+    /// request that gets no answer gets a JSON-RPC error saying why.
     async fn forward(&self, message: Value, out: &mpsc::UnboundedSender<String>) {
         let id = message
             .get("id")
             .filter(|_| message.get("method").is_some())
             .cloned();
-        let initialize = message.get("method") == Some(&json!("initialize"));
-        let fail = |why: String| {
-            if let Some(id) = &id {
-                let error = json!({"jsonrpc": "2.0", "id": id,
-                    "error": {"code": GATEWAY_ERROR, "message": why}});
-                let _ = out.send(error.to_string());
-            } else {
-                eprintln!("code-interpreter mcp: {why}");
-            }
+        let answered = AtomicBool::new(false);
+        let failure = match self.exchange(&message, out, &answered).await {
+            Ok(()) if answered.load(Ordering::SeqCst) || id.is_none() => return,
+            Ok(()) => "the gateway ended the stream without an answer".to_string(),
+            Err(_) if answered.load(Ordering::SeqCst) => return,
+            Err(why) => why,
         };
-        let response = match self
+        match id {
+            Some(id) => {
+                let error = json!({"jsonrpc": "2.0", "id": id,
+                    "error": {"code": GATEWAY_ERROR, "message": failure}});
+                let _ = out.send(error.to_string());
+            }
+            None => eprintln!("code-interpreter mcp: {failure}"),
+        }
+    }
+
+    /// One POST: every message of the answer goes to `out`; `answered` is set
+    /// once a response (not a notification) went.
+    async fn exchange(
+        &self,
+        message: &Value,
+        out: &mpsc::UnboundedSender<String>,
+        answered: &AtomicBool,
+    ) -> Result<(), String> {
+        let initialize = message.get("method") == Some(&json!("initialize"));
+        let response = self
             .request(reqwest::Method::POST)
             .header("content-type", "application/json")
             .body(message.to_string())
             .send()
             .await
-        {
-            Ok(response) => response,
-            Err(e) => {
-                return fail(format!(
-                    "could not reach the gateway at {}: {e}",
-                    self.endpoint
-                ))
-            }
-        };
+            .map_err(|e| format!("could not reach the gateway at {}: {e}", self.endpoint))?;
         let status = response.status();
         if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
-            let hint = if status == reqwest::StatusCode::NOT_FOUND
-                && self.session.lock().unwrap().is_some()
-            {
+            let ended =
+                status == reqwest::StatusCode::NOT_FOUND && self.session.lock().unwrap().is_some();
+            let hint = if ended {
                 " (the MCP session ended on the gateway: it idled out or the gateway restarted; \
                  restart this MCP server)"
             } else {
                 ""
             };
-            return fail(format!(
-                "the gateway answered {status}: {}{hint}",
-                body.chars().take(300).collect::<String>()
-            ));
+            let body = response.text().await.unwrap_or_default();
+            let body: String = body.chars().take(300).collect();
+            return Err(format!("the gateway answered {status}: {body}{hint}"));
         }
         if initialize {
             if let Some(session) = response
@@ -165,58 +173,43 @@ impl Gateway {
                 *self.session.lock().unwrap() = Some(session.to_string());
             }
         }
+        let emit = |data: &str| {
+            let Ok(message) = serde_json::from_str::<Value>(data) else {
+                return;
+            };
+            if initialize {
+                let version = message.pointer("/result/protocolVersion");
+                if let Some(version) = version.and_then(Value::as_str) {
+                    *self.version.lock().unwrap() = Some(version.to_string());
+                }
+            }
+            if message.get("id").is_some() && message.get("method").is_none() {
+                answered.store(true, Ordering::SeqCst);
+            }
+            let _ = out.send(message.to_string());
+        };
         let sse = response
             .headers()
             .get("content-type")
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
-        let mut answered = false;
-        let mut emit = |data: &str| {
-            let Ok(message) = serde_json::from_str::<Value>(data) else {
-                return;
-            };
-            if initialize {
-                if let Some(version) = message
-                    .pointer("/result/protocolVersion")
-                    .and_then(Value::as_str)
-                {
-                    *self.version.lock().unwrap() = Some(version.to_string());
-                }
+        if !sse {
+            let text = response
+                .text()
+                .await
+                .map_err(|e| format!("reading the gateway's answer: {e}"))?;
+            if !text.trim().is_empty() {
+                emit(&text);
             }
-            if message.get("id").is_some() && message.get("method").is_none() {
-                answered = true;
-            }
-            let _ = out.send(message.to_string());
-        };
-        if sse {
-            let mut events = Events::default();
-            let mut body = response.bytes_stream();
-            while let Some(chunk) = body.next().await {
-                match chunk {
-                    Ok(chunk) => events.push(&chunk, &mut emit),
-                    Err(e) => {
-                        drop(emit);
-                        if !answered {
-                            fail(format!("the gateway's stream broke: {e}"));
-                        }
-                        return;
-                    }
-                }
-            }
-        } else {
-            match response.text().await {
-                Ok(text) if !text.trim().is_empty() => emit(&text),
-                Ok(_) => {}
-                Err(e) => {
-                    drop(emit);
-                    return fail(format!("reading the gateway's answer: {e}"));
-                }
-            }
+            return Ok(());
         }
-        drop(emit);
-        if id.is_some() && !answered {
-            fail("the gateway ended the stream without an answer".into());
+        let mut events = Events::default();
+        let mut body = response.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| format!("the gateway's stream broke: {e}"))?;
+            events.push(&chunk, &mut |data: &str| emit(data));
         }
+        Ok(())
     }
 
     /// Ends the MCP session on the gateway (which releases its sandbox session).
