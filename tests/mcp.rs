@@ -164,3 +164,75 @@ async fn the_token_guards_mcp() {
         assert!(text.contains("code-interpreter"), "{text}");
     }
 }
+
+/// An MCP client's open streams end when the gateway begins to shut down, so
+/// a restart is not held for the grace period; and the shutdown does not
+/// release the MCP session's sandbox session (the next start re-adopts it).
+#[tokio::test]
+async fn an_open_mcp_stream_does_not_hold_a_restart() {
+    let mut gw = Gateway::start(Options {
+        min_idle: 0,
+        ..Options::default()
+    })
+    .await;
+    let mcp = format!("{}/mcp", gw.url);
+    let post = |session: Option<&str>, body: Value| {
+        let mut request = gw
+            .http()
+            .post(&mcp)
+            .bearer_auth(&gw.token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let initialize = post(
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "0"}}}),
+    )
+    .await
+    .unwrap();
+    let session = initialize.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    initialize.text().await.unwrap();
+    let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    let accepted = post(Some(&session), initialized).await.unwrap();
+    assert_eq!(accepted.status(), 202);
+    let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+        "name": "execute_python", "arguments": {"code": "kept = 7"}}});
+    let answer = post(Some(&session), call)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(answer.contains("\"isError\":false"), "{answer}");
+    assert_eq!(sessions(&gw).await, 1);
+    // The client's stream for server messages, held open.
+    let listening = gw
+        .http()
+        .get(&mcp)
+        .bearer_auth(&gw.token)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listening.status(), 200);
+    let started = Instant::now();
+    gw.stop();
+    let took = started.elapsed();
+    println!("the shutdown took {took:?}");
+    assert!(took < Duration::from_secs(5), "the shutdown took {took:?}");
+    drop(listening);
+    gw.spawn().await;
+    assert_eq!(sessions(&gw).await, 1, "the sandbox session was kept");
+}

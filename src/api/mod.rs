@@ -123,7 +123,7 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         let state = Arc::clone(&state);
         warp::any().map(move || Arc::clone(&state))
     };
-    let auth = authenticated(state.token.clone());
+    let auth = authenticated(state.token.clone(), false);
     let mcp = crate::mcp::route(Arc::clone(&state));
 
     let health = warp::path!("health")
@@ -261,25 +261,46 @@ fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(Reply::into_response)
 }
 
-/// Passes only requests whose `X-Auth-Token` matches.
-fn authenticated(token: Token) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+/// Passes only requests whose `X-Auth-Token` matches; with `bearer`,
+/// `Authorization: Bearer` counts too (MCP clients send the token so).
+pub(crate) fn authenticated(
+    token: Token,
+    bearer: bool,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    let (missing, invalid) = if bearer {
+        (
+            "missing token: send X-Auth-Token or Authorization: Bearer",
+            "invalid token",
+        )
+    } else {
+        ("missing X-Auth-Token header", "invalid X-Auth-Token")
+    };
     warp::header::optional::<String>("x-auth-token")
-        .and_then(move |provided: Option<String>| {
-            let token = token.clone();
-            async move {
-                match provided {
-                    Some(value) if token.matches(&value) => Ok(()),
-                    Some(_) => Err(warp::reject::custom(ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid X-Auth-Token",
-                    ))),
-                    None => Err(warp::reject::custom(ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "missing X-Auth-Token header",
-                    ))),
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(
+            move |header: Option<String>, authorization: Option<String>| {
+                let token = token.clone();
+                async move {
+                    let bearer = authorization.filter(|_| bearer).and_then(|value| {
+                        let (scheme, credentials) = value.split_once(' ')?;
+                        scheme
+                            .eq_ignore_ascii_case("bearer")
+                            .then(|| credentials.trim().to_string())
+                    });
+                    match header.or(bearer) {
+                        Some(value) if token.matches(&value) => Ok(()),
+                        Some(_) => Err(warp::reject::custom(ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            invalid,
+                        ))),
+                        None => Err(warp::reject::custom(ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            missing,
+                        ))),
+                    }
                 }
-            }
-        })
+            },
+        )
         .untuple_one()
 }
 

@@ -18,7 +18,7 @@ const IMAGE_TYPES: [&str; 2] = ["image/png", "image/jpeg"];
 /// The tool result of a finished execution. `fresh_note` prepends a line
 /// saying that earlier state is gone (the call started a new session after
 /// the MCP session had already run code).
-pub fn execution(execution: &Execution, fresh_note: bool) -> CallToolResult {
+pub fn executed(execution: &Execution, fresh_note: bool) -> CallToolResult {
     let mut content = Vec::new();
     if fresh_note {
         content.push(ContentBlock::text(
@@ -98,9 +98,12 @@ pub fn progress_message(output: &Output) -> String {
 /// session was reset, what that means for the next call.
 pub fn failure(error: ApiError) -> CallToolResult {
     let mut text = error.detail;
+    if !text.ends_with('.') {
+        text.push('.');
+    }
     if error.session_reset {
         text.push_str(
-            ". The next call starts a fresh Python session: variables, imports and files \
+            " The next call starts a fresh Python session: variables, imports and files \
              of the old one are gone.",
         );
     }
@@ -152,7 +155,7 @@ mod tests {
             ],
             "ok",
         );
-        let result = json_of(&execution_result(&execution, false));
+        let result = json_of(&executed(&execution, false));
         assert_eq!(result["isError"], false);
         let content = result["content"].as_array().unwrap();
         assert_eq!(content[0], json!({"type": "text", "text": "hi\n"}));
@@ -167,10 +170,6 @@ mod tests {
         assert_eq!(content[3], json!({"type": "text", "text": "2"}));
     }
 
-    fn execution_result(execution: &Execution, note: bool) -> CallToolResult {
-        super::execution(execution, note)
-    }
-
     #[test]
     fn an_exception_is_an_error_result_with_its_traceback() {
         let execution = absorbed(
@@ -181,7 +180,7 @@ mod tests {
             )],
             "error",
         );
-        let result = json_of(&execution_result(&execution, true));
+        let result = json_of(&executed(&execution, true));
         assert_eq!(result["isError"], true);
         let content = result["content"].as_array().unwrap();
         assert!(content[0]["text"].as_str().unwrap().contains("fresh"));
@@ -193,7 +192,7 @@ mod tests {
 
     #[test]
     fn silence_still_says_something() {
-        let result = json_of(&execution_result(&absorbed(&[], "ok"), false));
+        let result = json_of(&executed(&absorbed(&[], "ok"), false));
         assert_eq!(result["content"][0]["text"], "(no output)");
     }
 

@@ -24,12 +24,11 @@ use http_body::Frame;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
 use warp::filters::BoxedFilter;
-use warp::http::{HeaderMap, Method, StatusCode};
+use warp::http::{HeaderMap, Method};
 use warp::reply::Response;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Reply};
 
-use crate::api::{ApiError, AppState};
-use crate::auth::Token;
+use crate::api::AppState;
 
 /// Server-sent comments that keep a quiet stream (a long run) open through proxies.
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -45,7 +44,7 @@ pub fn route(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .unify();
     warp::path!("mcp")
         .and(methods)
-        .and(authenticated(state.token.clone()))
+        .and(crate::api::authenticated(state.token.clone(), true))
         .and(warp::method())
         .and(warp::header::headers_cloned())
         .and(warp::body::stream())
@@ -112,38 +111,6 @@ where
     *response.status_mut() = parts.status;
     *response.headers_mut() = parts.headers;
     response
-}
-
-/// Passes requests whose `X-Auth-Token`, or `Authorization: Bearer` as MCP
-/// clients send it, is the token; else 401 `{"detail"}`.
-fn authenticated(token: Token) -> impl Filter<Extract = (), Error = Rejection> + Clone {
-    warp::header::optional::<String>("x-auth-token")
-        .and(warp::header::optional::<String>("authorization"))
-        .and_then(
-            move |header: Option<String>, authorization: Option<String>| {
-                let token = token.clone();
-                async move {
-                    let bearer = authorization.as_deref().and_then(|value| {
-                        let (scheme, credentials) = value.split_once(' ')?;
-                        scheme
-                            .eq_ignore_ascii_case("bearer")
-                            .then(|| credentials.trim().to_string())
-                    });
-                    match header.or(bearer) {
-                        Some(value) if token.matches(&value) => Ok(()),
-                        Some(_) => Err(warp::reject::custom(ApiError::new(
-                            StatusCode::UNAUTHORIZED,
-                            "invalid token",
-                        ))),
-                        None => Err(warp::reject::custom(ApiError::new(
-                            StatusCode::UNAUTHORIZED,
-                            "missing token: send X-Auth-Token or Authorization: Bearer",
-                        ))),
-                    }
-                }
-            },
-        )
-        .untuple_one()
 }
 
 #[cfg(test)]

@@ -267,7 +267,7 @@ impl Sandbox {
         let ran_before = self.ran.swap(true, Ordering::SeqCst);
         let outcome = outcome.map_err(content::session_failure)?;
         let mut result =
-            content::execution(&outcome.execution, outcome.session_created && ran_before);
+            content::executed(&outcome.execution, outcome.session_created && ran_before);
         if cancelled {
             result.content.insert(
                 0,
