@@ -5,7 +5,9 @@
 //! the API token that clients must send as `X-Auth-Token`. `healthcheck` is the
 //! gateway container's health check (its image has no curl). `bench` measures
 //! a running gateway (see docs/benchmarks.md); it is built with the `bench`
-//! feature (on by default), which the installed gateway leaves out.
+//! feature (on by default), which the installed gateway leaves out. `mcp` is a
+//! Model Context Protocol server on stdio that forwards to a running gateway's
+//! `/mcp`, for desktop clients that launch their tools as commands.
 
 mod api;
 mod auth;

@@ -8,7 +8,7 @@
 
 mod body;
 mod cors;
-pub(crate) mod errors;
+mod errors;
 pub(crate) mod execute;
 pub(crate) mod files;
 mod files_url;
