@@ -221,6 +221,29 @@ ensure_packages() {
 # Debian's HAProxy for the scale-out test (tests/scale_out.rs).
 ensure_test_packages() {
 	apt_ensure "test packages" chromium chromium-driver haproxy
+	ensure_mcp_client
+}
+
+# ensure_mcp_client: a venv with the official MCP Python SDK (tests/mcp/requirements.txt,
+# from PyPI), the real client of tests/mcp.rs. Cached by the hash of the requirements;
+# sets MCP_PYTHON to its interpreter.
+ensure_mcp_client() {
+	local reqs=$REPO/tests/mcp/requirements.txt hash dir
+	hash=$(sha256sum "$reqs" | cut -c1-12)
+	dir=${XDG_CACHE_HOME:-$HOME/.cache}/code-interpreter/mcp-client-$hash
+	MCP_PYTHON=$dir/bin/python
+	if [[ -x $MCP_PYTHON && -f $dir/.complete ]]; then
+		log "MCP client (Python SDK): cached in $dir"
+		return 0
+	fi
+	python3 -c 'import ensurepip, venv' 2>/dev/null || apt_ensure "python venv" python3-venv
+	log "MCP client (Python SDK): installing into $dir"
+	rm -rf "$dir"
+	mkdir -p "$(dirname "$dir")"
+	python3 -m venv "$dir"
+	"$dir/bin/pip" install --quiet --disable-pip-version-check --only-binary=:all: \
+		--no-deps -r "$reqs" || die "installing the MCP Python SDK from PyPI failed"
+	touch "$dir/.complete"
 }
 
 # apt_ensure LABEL PKG...: install the packages that are not installed yet.

@@ -37,6 +37,8 @@ main() {
 		export CI_TEST_SVC_USER=$SVC_USER
 	fi
 	export CI_TEST_SVC_HOME=$SVC_HOME CI_TEST_SVC_RUNTIME=$SVC_RUNTIME
+	# The MCP Python SDK's venv (ensure_mcp_client), for tests/mcp.rs.
+	export CI_TEST_MCP_PYTHON=$MCP_PYTHON
 	if is_root; then
 		trap 'bash "$REPO/tests/rootful_podman.sh" stop' EXIT
 		bash "$REPO/tests/rootful_podman.sh" start

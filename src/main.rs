@@ -5,7 +5,9 @@
 //! the API token that clients must send as `X-Auth-Token`. `healthcheck` is the
 //! gateway container's health check (its image has no curl). `bench` measures
 //! a running gateway (see docs/benchmarks.md); it is built with the `bench`
-//! feature (on by default), which the installed gateway leaves out.
+//! feature (on by default), which the installed gateway leaves out. `mcp` is a
+//! Model Context Protocol server on stdio that forwards to a running gateway's
+//! `/mcp`, for desktop clients that launch their tools as commands.
 
 mod api;
 mod auth;
@@ -16,6 +18,7 @@ mod config;
 mod front;
 mod host;
 mod kernel;
+mod mcp;
 mod metrics;
 mod net_guard;
 mod pool;
@@ -50,6 +53,9 @@ enum Command {
     Serve,
     /// Print the API token (creating it on first use).
     Token,
+    /// An MCP server on stdin/stdout that forwards to a running gateway's /mcp
+    /// (for desktop clients that launch tools as commands).
+    Mcp(mcp::stdio::Args),
     /// Exit 0 if the gateway at the configured address answers `GET /health` with 200.
     Healthcheck,
     /// Measure a gateway under the original's workload (and a jupyter_client baseline).
@@ -72,6 +78,10 @@ const NO_BENCH: &str = "this code-interpreter was built without the benchmark \
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The stdio MCP server needs no configuration: it talks to a gateway by URL.
+    if let Command::Mcp(args) = cli.command {
+        return mcp::stdio::run(args);
+    }
     let config = config::Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Token => {
@@ -79,6 +89,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Healthcheck => healthcheck(config.server.listen),
+        Command::Mcp(_) => unreachable!("handled above"),
         #[cfg(feature = "bench")]
         Command::Bench(args) => bench::run(*args, || {
             Ok(auth::Token::load_or_create(&config)?.reveal().to_string())
@@ -89,7 +100,8 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| "info".into()),
+                        // rmcp logs every MCP message at info.
+                        .unwrap_or_else(|_| "info,rmcp=warn".into()),
                 )
                 .with_ansi(std::io::stderr().is_terminal())
                 .init();

@@ -153,6 +153,15 @@ pub async fn run(config: Config) -> Result<()> {
     shutdown.spawn(|stop| Arc::clone(&sessions).run_reaper(stop));
     log_limits(&config, &host, max_workers, min_idle);
 
+    // MCP sessions hold streams open: they end when the shutdown begins.
+    let stopping = tokio_util::sync::CancellationToken::new();
+    shutdown.spawn(|mut stop| {
+        let stopping = stopping.clone();
+        async move {
+            stop.recv().await;
+            stopping.cancel();
+        }
+    });
     let mut limits = config.front_limits();
     limits.max_connections = front::nofile::fit(limits.max_connections, max_workers);
     let state = Arc::new(AppState {
@@ -170,6 +179,7 @@ pub async fn run(config: Config) -> Result<()> {
             crate::transfer::Transfers::new(&config)
                 .context("building the HTTP client of files by URL")?,
         ),
+        stopping: stopping.clone(),
     });
     let listener = listen(config.server.listen)
         .with_context(|| format!("listening on {}", config.server.listen))?;

@@ -617,6 +617,16 @@ async fn the_document_is_true() {
     call.body = Some(Body::Json(fetch(remote.url("/exports/sales.csv"), "")));
     c.expect(call, "full").await;
 
+    // /mcp: the token comes first, for every method (tests/mcp.rs drives the protocol).
+    for method in ["POST", "GET", "DELETE"] {
+        for prefix in ["", "/api/v1"] {
+            let mut call = Call::new(method, "/mcp");
+            call.prefix = prefix;
+            call.token = false;
+            c.expect(call, "unauthorized").await;
+        }
+    }
+
     // /release: the example, the same through the query string with no body, and errors.
     let mut call = Call::new("POST", "/release");
     call.body = Some(Body::Json(json!({"user_uuid": "holder"})));

@@ -46,10 +46,59 @@ where
     B: Buf + Send,
 {
     let (user, path) = target(user, Some(&tail))?;
+    let written = store(&state, &user, &path, body).await?;
+    Ok(warp::reply::json(&json!({"status": "ok", "path": path, "size": written})).into_response())
+}
+
+/// `GET /files/{path}?user_uuid=`: the file's bytes.
+pub async fn download(
+    state: Arc<AppState>,
+    tail: String,
+    user: Option<String>,
+) -> Result<Response, ApiError> {
+    let (user, path) = target(user, Some(&tail))?;
+    let content = fetch(&state, &user, &path).await?;
+    let name = path
+        .rsplit('/')
+        .next()
+        .unwrap_or("file")
+        .replace(['"', '\\'], "_");
+    let mut response = Response::new(Bytes::from(content).into());
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    Ok(response)
+}
+
+/// `GET /files?user_uuid=`: every regular file of the work directory.
+pub async fn list(state: Arc<AppState>, user: Option<String>) -> Result<Response, ApiError> {
+    let (user, _) = target(user, None)?;
+    let files = listing(&state, &user).await?;
+    Ok(warp::reply::json(&json!({"files": files})).into_response())
+}
+
+/// Writes `body` to the file at `path` (relative to the work directory,
+/// checked) of `user`'s session, starting one if needed; returns its size.
+/// The file API's upload and the MCP tool `write_file` both end here.
+pub(crate) async fn store<S, B>(
+    state: &AppState,
+    user: &str,
+    path: &str,
+    body: S,
+) -> Result<u64, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: Buf + Send,
+{
     let limit = state.config.limits.disk_mb * 1024 * 1024;
-    let written = state
+    state
         .sessions
-        .with_kernel(&user, true, KERNEL_CALL_TIMEOUT, async |kernel| {
+        .with_kernel(user, true, KERNEL_CALL_TIMEOUT, async |kernel| {
             let mut body = std::pin::pin!(body);
             let mut chunk: Vec<u8> = Vec::with_capacity(CHUNK);
             let mut offset: u64 = 0;
@@ -74,7 +123,7 @@ where
                 if offset + chunk.len() as u64 > limit {
                     return Ok(Err(too_large(limit)));
                 }
-                if let Err(refused) = write_chunk(kernel, &path, offset, &chunk).await? {
+                if let Err(refused) = write_chunk(kernel, path, offset, &chunk).await? {
                     return Ok(Err(refused));
                 }
                 offset += chunk.len() as u64;
@@ -84,24 +133,19 @@ where
                 }
             }
         })
-        .await??;
-    Ok(warp::reply::json(&json!({"status": "ok", "path": path, "size": written})).into_response())
+        .await?
 }
 
-/// `GET /files/{path}?user_uuid=`: the file's bytes.
-pub async fn download(
-    state: Arc<AppState>,
-    tail: String,
-    user: Option<String>,
-) -> Result<Response, ApiError> {
-    let (user, path) = target(user, Some(&tail))?;
+/// The bytes of the file at `path` (relative, checked) of `user`'s session,
+/// which must exist. The file API's download and the MCP tool `read_file`.
+pub(crate) async fn fetch(state: &AppState, user: &str, path: &str) -> Result<Vec<u8>, ApiError> {
     let limit = state.config.limits.disk_mb * 1024 * 1024;
-    let content = state
+    state
         .sessions
-        .with_kernel(&user, false, KERNEL_CALL_TIMEOUT, async |kernel| {
+        .with_kernel(user, false, KERNEL_CALL_TIMEOUT, async |kernel| {
             let mut content: Vec<u8> = Vec::new();
             loop {
-                let (data, size) = match read_chunk(kernel, &path, content.len() as u64).await? {
+                let (data, size) = match read_chunk(kernel, path, content.len() as u64).await? {
                     Ok(read) => read,
                     Err(refused) => return Ok(Err(refused)),
                 };
@@ -114,34 +158,18 @@ pub async fn download(
                 }
             }
         })
-        .await??;
-    let name = path
-        .rsplit('/')
-        .next()
-        .unwrap_or("file")
-        .replace(['"', '\\'], "_");
-    let mut response = Response::new(Bytes::from(content).into());
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    if let Ok(value) = HeaderValue::from_str(&format!("attachment; filename=\"{name}\"")) {
-        headers.insert(header::CONTENT_DISPOSITION, value);
-    }
-    Ok(response)
+        .await?
 }
 
-/// `GET /files?user_uuid=`: every regular file of the work directory.
-pub async fn list(state: Arc<AppState>, user: Option<String>) -> Result<Response, ApiError> {
-    let (user, _) = target(user, None)?;
-    let files = state
+/// Every regular file of `user`'s work directory (`[{name, size, modified}]`);
+/// `NoSession` (404) when the user has none. The file API's list and the MCP tool `list_files`.
+pub(crate) async fn listing(state: &AppState, user: &str) -> Result<Value, ApiError> {
+    state
         .sessions
-        .with_kernel(&user, false, KERNEL_CALL_TIMEOUT, async |kernel| {
+        .with_kernel(user, false, KERNEL_CALL_TIMEOUT, async |kernel| {
             call_kernel(kernel, "listing()").await
         })
-        .await??;
-    Ok(warp::reply::json(&json!({"files": files})).into_response())
+        .await?
 }
 
 /// `DELETE /files/{path}?user_uuid=`.

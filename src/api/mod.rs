@@ -9,8 +9,8 @@
 mod body;
 mod cors;
 mod errors;
-mod execute;
-mod files;
+pub(crate) mod execute;
+pub(crate) mod files;
 mod files_url;
 pub mod models;
 mod openapi;
@@ -54,6 +54,8 @@ pub struct AppState {
     pub max_connections: usize,
     /// The HTTP client of files by URL, with its limits.
     pub transfers: Arc<crate::transfer::Transfers>,
+    /// Cancelled when the gateway begins to shut down (MCP sessions end their streams).
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// Every route the gateway serves, as (method, path). The API routes (all but
@@ -76,6 +78,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/files/{path}"),
     ("POST", "/files"),
     ("POST", "/files/export"),
+    ("POST", "/mcp"),
+    ("GET", "/mcp"),
+    ("DELETE", "/mcp"),
 ];
 
 /// The original's versioned prefix, under which the API routes are served as well.
@@ -89,7 +94,7 @@ pub fn is_api(path: &str) -> bool {
 }
 
 /// Room for JSON escaping around the largest accepted `code` (`\u0000` is 6 bytes).
-fn body_limit(max_code_bytes: usize) -> usize {
+pub(crate) fn body_limit(max_code_bytes: usize) -> usize {
     max_code_bytes.saturating_mul(6).saturating_add(64 * 1024)
 }
 
@@ -120,7 +125,8 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         let state = Arc::clone(&state);
         warp::any().map(move || Arc::clone(&state))
     };
-    let auth = authenticated(state.token.clone());
+    let auth = authenticated(state.token.clone(), false);
+    let mcp = crate::mcp::route(Arc::clone(&state));
 
     let health = warp::path!("health")
         .and(warp::get())
@@ -230,6 +236,8 @@ fn api_routes(state: Arc<AppState>) -> BoxedFilter<(Response,)> {
         .unify()
         .or(files)
         .unify()
+        .or(mcp)
+        .unify()
         .boxed()
 }
 
@@ -255,25 +263,46 @@ fn respond(result: Result<Response, ApiError>) -> Response {
     result.unwrap_or_else(Reply::into_response)
 }
 
-/// Passes only requests whose `X-Auth-Token` matches.
-fn authenticated(token: Token) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+/// Passes only requests whose `X-Auth-Token` matches; with `bearer`,
+/// `Authorization: Bearer` counts too (MCP clients send the token so).
+pub(crate) fn authenticated(
+    token: Token,
+    bearer: bool,
+) -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    let (missing, invalid) = if bearer {
+        (
+            "missing token: send X-Auth-Token or Authorization: Bearer",
+            "invalid token",
+        )
+    } else {
+        ("missing X-Auth-Token header", "invalid X-Auth-Token")
+    };
     warp::header::optional::<String>("x-auth-token")
-        .and_then(move |provided: Option<String>| {
-            let token = token.clone();
-            async move {
-                match provided {
-                    Some(value) if token.matches(&value) => Ok(()),
-                    Some(_) => Err(warp::reject::custom(ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid X-Auth-Token",
-                    ))),
-                    None => Err(warp::reject::custom(ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "missing X-Auth-Token header",
-                    ))),
+        .and(warp::header::optional::<String>("authorization"))
+        .and_then(
+            move |header: Option<String>, authorization: Option<String>| {
+                let token = token.clone();
+                async move {
+                    let bearer = authorization.filter(|_| bearer).and_then(|value| {
+                        let (scheme, credentials) = value.split_once(' ')?;
+                        scheme
+                            .eq_ignore_ascii_case("bearer")
+                            .then(|| credentials.trim().to_string())
+                    });
+                    match header.or(bearer) {
+                        Some(value) if token.matches(&value) => Ok(()),
+                        Some(_) => Err(warp::reject::custom(ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            invalid,
+                        ))),
+                        None => Err(warp::reject::custom(ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            missing,
+                        ))),
+                    }
                 }
-            }
-        })
+            },
+        )
         .untuple_one()
 }
 
@@ -352,6 +381,7 @@ pub(crate) fn test_state_with(edit: impl FnOnce(&mut Config)) -> (Arc<AppState>,
         started: Instant::now(),
         max_connections: 1024,
         transfers,
+        stopping: tokio_util::sync::CancellationToken::new(),
     });
     (state, dir)
 }
