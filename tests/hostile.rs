@@ -20,7 +20,7 @@ const OUTPUT_CAP: usize = 8 * 1024 * 1024;
 /// Python that finds the kernel's accepted connection on each channel and
 /// writes raw bytes to it, bypassing libzmq, or forges signed messages.
 const PRELUDE: &str = r#"
-import datetime, hashlib, hmac, json, os, socket, time, uuid
+import datetime, errno, hashlib, hmac, json, os, socket, time, uuid
 PORTS = {"shell": 1, "iopub": 2, "stdin": 3, "control": 4, "heartbeat": 5}
 def conns(channel):
     # The kernel's accepted connections on a channel: sockets named by the
@@ -51,8 +51,17 @@ def conns(channel):
     assert fds, f"no connection on {path}"
     return fds
 def raw(channel, data):
+    # A connection made inside the worker may close meanwhile (EBADF, EPIPE):
+    # the bytes must reach at least one of the channel's connections.
+    wrote = False
     for fd in conns(channel):
-        os.write(fd, data)
+        try:
+            os.write(fd, data)
+            wrote = True
+        except OSError as e:
+            if e.errno not in (errno.EBADF, errno.EPIPE, errno.ENOTCONN, errno.ECONNRESET):
+                raise
+    assert wrote, f"no connection on {channel} took the bytes"
 def frames(parts):
     out = b""
     for i, p in enumerate(parts):
