@@ -1035,7 +1035,10 @@ async fn a_hundred_workers_have_distinct_uids_and_one_more_starts() {
         timeout_secs: 30.0,
         // No idle worker beyond the users' (the arrivals would raise the idle target).
         pool: "max_idle = 0\n".into(),
-        extra: "[limits]\nmemory_mb = 128\nnproc = 256\n".into(),
+        // nproc is also the limit of each container's root processes, which
+        // count with every task of the service user: 101 conmons and inits,
+        // and the threads of both Podman services (runc's and gVisor's).
+        extra: "[limits]\nmemory_mb = 128\nnproc = 512\n".into(),
         ..Options::default()
     })
     .await;
