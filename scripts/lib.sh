@@ -399,9 +399,11 @@ default_ulimits_line() {
 		"$((nofile < 1024 ? nofile : 1024))" "$nofile" "$nproc" "$nproc"
 }
 
+# podman_ping [SOCKET]: the Podman service on SOCKET ($PODMAN_SOCK) answers.
 podman_ping() {
-	[[ -S $PODMAN_SOCK ]] &&
-		[[ $(curl -fsS --max-time 2 --unix-socket "$PODMAN_SOCK" http://d/v4.0.0/libpod/_ping 2>/dev/null) == OK ]]
+	local sock=${1:-$PODMAN_SOCK}
+	[[ -S $sock ]] &&
+		[[ $(curl -fsS --max-time 2 --unix-socket "$sock" http://d/v4.0.0/libpod/_ping 2>/dev/null) == OK ]]
 }
 
 # The gateway talks to Podman's REST API on $PODMAN_SOCK. Prefer the user's
@@ -469,10 +471,7 @@ gvisor_platform() {
 	fi
 }
 
-gvisor_ping() {
-	[[ -S $PODMAN_GVISOR_SOCK ]] &&
-		[[ $(curl -fsS --max-time 2 --unix-socket "$PODMAN_GVISOR_SOCK" http://d/v4.0.0/libpod/_ping 2>/dev/null) == OK ]]
-}
+gvisor_ping() { podman_ping "$PODMAN_GVISOR_SOCK"; }
 
 # ensure_gvisor: runsc, its wrapper, and the Podman service that runs it.
 ensure_gvisor() {
