@@ -313,6 +313,22 @@ ensure_runtime_dir() {
 		log "service user: creating $SVC_RUNTIME"
 		as_root install -d -m 0700 -o "$SVC_UID" -g "$SVC_GID" "$SVC_RUNTIME"
 	fi
+	clear_stale_runtime_dir
+}
+
+# The runtime directory is meant to live on a tmpfs that ends with the user's
+# processes (logind) or the boot. Where /run is on disk and the service user's
+# processes were all ended without a reboot (a machine image taken while it
+# ran, a container restarted), what is left there lies: Podman's "alive" flag
+# says no reboot happened, so its database still lists containers as running
+# and every podman command fails ("invalid internal status, try resetting the
+# pause process": their conmon pids are gone). With none of the user's
+# processes alive nothing can be using the directory: empty it, as a reboot would.
+clear_stale_runtime_dir() {
+	pgrep -u "$SVC_UID" >/dev/null && return 0
+	[[ -n $(as_root find "$SVC_RUNTIME" -mindepth 1 -maxdepth 1 -print -quit) ]] || return 0
+	log "service user: no process of $SVC_USER runs; clearing the stale $SVC_RUNTIME"
+	as_root find "$SVC_RUNTIME" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
 }
 
 # slirp4netns (network of RUN steps in podman build) opens /dev/net/tun.
