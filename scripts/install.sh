@@ -12,7 +12,9 @@
 # version, cgroup delegation), service user with linger, rootless Podman
 # configuration and the user's podman.socket, the worker image, the gateway
 # (Quadlet: its image; plain unit: the binary in ~/.local/lib/code-interpreter),
-# config, unit(s), `systemctl --user daemon-reload`. It does not start the
+# config, unit(s), `systemctl --user daemon-reload`; when the config says
+# workers.runtime = "gvisor", also runsc and the units of its Podman service
+# (systemd/code-interpreter-podman-gvisor.*). It does not start the
 # service unless --start is given; it prints the commands to do so.
 #
 # Usage: scripts/install.sh [--binary PATH | --build-in-container] [--start]
@@ -110,6 +112,11 @@ main() {
 		install_units
 	else
 		install_plain_unit
+	fi
+	if wants_gvisor; then
+		install_gvisor_units
+	elif remove_gvisor_units; then
+		svc_systemctl daemon-reload
 	fi
 	if ((start)); then
 		log "service: starting $GATEWAY_UNIT"

@@ -252,3 +252,59 @@ remove_plain_unit() {
 unit_healthy() { curl -fsS --max-time 2 "$(service_url)/health" >/dev/null 2>&1; }
 
 gateway_containers() { svc_podman ps -aq --filter "label=$GATEWAY_LABEL"; }
+
+# --- gVisor workers under systemd (workers.runtime = "gvisor") -----------------
+# The gVisor Podman service as the units systemd/code-interpreter-podman-gvisor.*
+# (socket-activated, like the user's podman.socket), a drop-in naming the runsc
+# wrapper, and a drop-in making the gateway's unit require its socket. Both
+# kinds of gateway unit find the socket at the same place: the plain unit at
+# $XDG_RUNTIME_DIR/podman/podman-gvisor.sock, the Quadlet container (which
+# mounts %t/podman) at /run/podman/podman-gvisor.sock.
+
+user_unit_dir() { echo "$SVC_HOME/.config/systemd/user"; }
+gateway_gvisor_dropin() { echo "$(user_unit_dir)/$GATEWAY_UNIT.d/gvisor.conf"; }
+
+# install_gvisor_units: runsc and its wrapper, the units and drop-ins, the
+# socket enabled and listening (a script-started gVisor service stopped first:
+# it listens on the same path). Then a daemon-reload.
+install_gvisor_units() {
+	local dir
+	dir=$(user_unit_dir)
+	apt_ensure "gVisor" runsc
+	ensure_gvisor_wrapper
+	stop_pid "$PODMAN_GVISOR_PIDFILE" /usr/bin/podman "gVisor podman service (started by scripts/start.sh)" || true
+	svc_run mkdir -p "$dir/$GVISOR_SERVICE_UNIT.d" "$dir/$GATEWAY_UNIT.d"
+	install_svc_file "$REPO/systemd/$GVISOR_SOCKET_UNIT" "$dir/$GVISOR_SOCKET_UNIT" 0644
+	install_svc_file "$REPO/systemd/$GVISOR_SERVICE_UNIT" "$dir/$GVISOR_SERVICE_UNIT" 0644
+	printf '%s\n' "# Written by scripts/install.sh: the runsc wrapper of this host's gVisor platform." \
+		'[Service]' "Environment=CODE_INTERPRETER_RUNSC_WRAPPER=$GVISOR_WRAPPER" |
+		svc_write_if_changed "$dir/$GVISOR_SERVICE_UNIT.d/runtime.conf"
+	printf '%s\n' "# Written by scripts/install.sh: workers.runtime = \"gvisor\"; the gateway creates" \
+		"# its workers through the gVisor Podman service's socket." \
+		'[Unit]' "Requires=$GVISOR_SOCKET_UNIT" "After=$GVISOR_SOCKET_UNIT $GVISOR_SERVICE_UNIT" |
+		svc_write_if_changed "$(gateway_gvisor_dropin)"
+	svc_systemctl daemon-reload
+	if [[ $(svc_systemctl is-enabled "$GVISOR_SOCKET_UNIT" 2>/dev/null) != enabled ]]; then
+		svc_systemctl enable "$GVISOR_SOCKET_UNIT" >/dev/null 2>&1 ||
+			die "systemctl --user enable $GVISOR_SOCKET_UNIT failed"
+	fi
+	svc_systemctl restart "$GVISOR_SOCKET_UNIT"
+	wait_for 15 gvisor_ping || die "the gVisor Podman service does not answer on $PODMAN_GVISOR_SOCK (see: journalctl _SYSTEMD_USER_UNIT=$GVISOR_SERVICE_UNIT)"
+	log "units: gVisor Podman service ($GVISOR_SOCKET_UNIT, platform $GVISOR_PLATFORM) installed and listening"
+}
+
+# remove_gvisor_units: the units and drop-ins, if installed (stopped and
+# disabled first; no reload). Returns 1 when there was none.
+remove_gvisor_units() {
+	local dir
+	dir=$(user_unit_dir)
+	[[ -f $dir/$GVISOR_SOCKET_UNIT || -f $(gateway_gvisor_dropin) ]] || return 1
+	if user_systemd; then
+		svc_systemctl disable --now "$GVISOR_SOCKET_UNIT" >/dev/null 2>&1 || true
+		svc_systemctl stop "$GVISOR_SERVICE_UNIT" 2>/dev/null || true
+	fi
+	svc_run rm -rf "$dir/$GVISOR_SOCKET_UNIT" "$dir/$GVISOR_SERVICE_UNIT" "$dir/$GVISOR_SERVICE_UNIT.d" \
+		"$(gateway_gvisor_dropin)"
+	svc_run rmdir "$dir/$GATEWAY_UNIT.d" 2>/dev/null || true
+	log "units: gVisor Podman service removed"
+}

@@ -78,6 +78,9 @@ svc_resolve() {
 	# gVisor workers' Podman service (ensure_gvisor) and the runsc wrapper it runs.
 	PODMAN_GVISOR_SOCK=$SVC_RUNTIME/podman/podman-gvisor.sock
 	PODMAN_GVISOR_PIDFILE=$CI_RUN/podman-gvisor-service.pid
+	# ... or, on a systemd host, its units (systemd/, installed by install.sh).
+	GVISOR_SOCKET_UNIT=code-interpreter-podman-gvisor.socket
+	GVISOR_SERVICE_UNIT=code-interpreter-podman-gvisor.service
 	GVISOR_WRAPPER_DIR=$CI_LIB_DIR/libexec
 	GATEWAY_PIDFILE=$CI_RUN/gateway.pid
 }
@@ -106,6 +109,19 @@ svc_podman() { svc_run podman "$@"; }
 
 # svc_write PATH: stdin into PATH, opened by the service user.
 svc_write() { svc_run tee "$1" >/dev/null; }
+
+# svc_write_if_changed PATH: stdin to PATH (as the service user) unless PATH
+# already holds exactly that.
+svc_write_if_changed() {
+	local content
+	content=$(cat)
+	if [[ -f $1 && $(svc_run cat "$1" 2>/dev/null) == "$content" ]]; then
+		log "install: $1 up to date"
+		return 0
+	fi
+	log "install: writing $1"
+	printf '%s\n' "$content" | svc_write "$1"
+}
 
 # svc_daemon PIDFILE LOGFILE CMD...: start CMD as the service user in its own
 # session, detached from our stdio, appending to LOGFILE; PIDFILE gets the pid
@@ -489,12 +505,13 @@ gvisor_platform() {
 
 gvisor_ping() { podman_ping "$PODMAN_GVISOR_SOCK"; }
 
-# ensure_gvisor: runsc, its wrapper, and the Podman service that runs it.
-ensure_gvisor() {
-	local platform wrapper text old
-	apt_ensure "gVisor" runsc
-	platform=$(gvisor_platform)
-	wrapper=$GVISOR_WRAPPER_DIR/code-interpreter-runsc-$platform
+# ensure_gvisor_wrapper: writes the runsc wrapper for this host's platform
+# (a change restarts the gVisor Podman service, whichever started it) and sets
+# GVISOR_WRAPPER and GVISOR_PLATFORM.
+ensure_gvisor_wrapper() {
+	local text old
+	GVISOR_PLATFORM=$(gvisor_platform)
+	GVISOR_WRAPPER=$GVISOR_WRAPPER_DIR/code-interpreter-runsc-$GVISOR_PLATFORM
 	text=$(printf '%s\n' '#!/bin/sh' \
 		'# Written by code-interpreter scripts/lib.sh (ensure_gvisor): runsc as the gVisor' \
 		'# workers Podman service runs it. --ignore-cgroups: rootless runsc cannot make' \
@@ -502,26 +519,46 @@ ensure_gvisor() {
 		'# --host-uds=all: the kernel'"'"'s ZeroMQ sockets on the bind-mounted worker' \
 		'# directory reach the gateway; --oci-seccomp: the worker'"'"'s seccomp profile applies' \
 		'# inside the sandbox too.' \
-		"exec /usr/bin/runsc --ignore-cgroups --network=none --host-uds=all --oci-seccomp --platform=$platform \"\$@\"")
-	old=$(svc_run cat "$wrapper" 2>/dev/null || true)
-	if [[ $old != "$text" ]]; then
-		log "gVisor: writing $wrapper"
-		svc_run mkdir -p "$GVISOR_WRAPPER_DIR"
-		svc_run find "$GVISOR_WRAPPER_DIR" -name 'code-interpreter-runsc-*' -delete
-		printf '%s\n' "$text" | svc_write "$wrapper"
-		svc_run chmod 0755 "$wrapper"
-		stop_pid "$PODMAN_GVISOR_PIDFILE" /usr/bin/podman "gVisor podman service" || true
+		"exec /usr/bin/runsc --ignore-cgroups --network=none --host-uds=all --oci-seccomp --platform=$GVISOR_PLATFORM \"\$@\"")
+	old=$(svc_run cat "$GVISOR_WRAPPER" 2>/dev/null || true)
+	[[ $old == "$text" ]] && return 0
+	log "gVisor: writing $GVISOR_WRAPPER"
+	svc_run mkdir -p "$GVISOR_WRAPPER_DIR"
+	svc_run find "$GVISOR_WRAPPER_DIR" -name 'code-interpreter-runsc-*' -delete
+	printf '%s\n' "$text" | svc_write "$GVISOR_WRAPPER"
+	svc_run chmod 0755 "$GVISOR_WRAPPER"
+	stop_pid "$PODMAN_GVISOR_PIDFILE" /usr/bin/podman "gVisor podman service" || true
+	if user_systemd; then
+		svc_run systemctl --user try-restart "$GVISOR_SERVICE_UNIT" 2>/dev/null || true
 	fi
+}
+
+# gvisor_socket_unit_installed: scripts/install.sh installed the systemd
+# units of the gVisor Podman service (systemd/code-interpreter-podman-gvisor.*).
+gvisor_socket_unit_installed() {
+	user_systemd && [[ -f $SVC_HOME/.config/systemd/user/$GVISOR_SOCKET_UNIT ]]
+}
+
+# ensure_gvisor: runsc, its wrapper, and the Podman service that runs it:
+# through its socket unit where install.sh installed one, else detached.
+ensure_gvisor() {
+	apt_ensure "gVisor" runsc
+	ensure_gvisor_wrapper
 	if gvisor_ping; then
-		log "gVisor podman service: answering on $PODMAN_GVISOR_SOCK (platform $platform)"
+		log "gVisor podman service: answering on $PODMAN_GVISOR_SOCK (platform $GVISOR_PLATFORM)"
 		return 0
 	fi
-	log "gVisor podman service: starting 'podman --runtime $wrapper system service' as $SVC_USER"
-	svc_run mkdir -p "$(dirname "$PODMAN_GVISOR_SOCK")" "$CI_RUN"
-	svc_daemon "$PODMAN_GVISOR_PIDFILE" "$CI_STATE/podman-gvisor-service.log" \
-		podman --runtime "$wrapper" system service --time=0 "unix://$PODMAN_GVISOR_SOCK"
+	if gvisor_socket_unit_installed; then
+		log "gVisor podman service: starting $GVISOR_SOCKET_UNIT"
+		svc_run systemctl --user start "$GVISOR_SOCKET_UNIT"
+	else
+		log "gVisor podman service: starting 'podman --runtime $GVISOR_WRAPPER system service' as $SVC_USER"
+		svc_run mkdir -p "$(dirname "$PODMAN_GVISOR_SOCK")" "$CI_RUN"
+		svc_daemon "$PODMAN_GVISOR_PIDFILE" "$CI_STATE/podman-gvisor-service.log" \
+			podman --runtime "$GVISOR_WRAPPER" system service --time=0 "unix://$PODMAN_GVISOR_SOCK"
+	fi
 	if wait_for 15 gvisor_ping; then
-		log "gVisor podman service: ready (platform $platform)"
+		log "gVisor podman service: ready (platform $GVISOR_PLATFORM)"
 		return 0
 	fi
 	tail -n 20 "$CI_STATE/podman-gvisor-service.log" >&2 2>/dev/null || true

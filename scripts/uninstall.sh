@@ -21,6 +21,7 @@ remove_units() {
 	local removed=0
 	remove_quadlet_units && removed=1
 	remove_plain_unit && removed=1
+	remove_gvisor_units && removed=1
 	if user_systemd; then
 		svc_systemctl daemon-reload
 		svc_systemctl reset-failed "$GATEWAY_UNIT" code-interpreter-state-volume.service 2>/dev/null || true

@@ -18,6 +18,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use crate::config::WorkerRuntime;
 use crate::shutdown;
 
 /// File name of the worker table inside the state directory.
@@ -37,6 +38,9 @@ pub struct WorkerRecord {
     pub user: Option<String>,
     /// When the session began (unix seconds), for `max_age`.
     pub session_started: Option<u64>,
+    /// The OCI runtime it runs under; absent in records of older gateways (runc).
+    #[serde(default)]
+    pub runtime: WorkerRuntime,
 }
 
 /// The table of live workers and its persistence.
@@ -153,6 +157,7 @@ mod tests {
             uid: Some(10_001),
             user: None,
             session_started: None,
+            runtime: WorkerRuntime::Gvisor,
         };
         registry.insert(record.clone());
         registry.insert(WorkerRecord {
@@ -167,6 +172,7 @@ mod tests {
         assert_eq!(loaded[0].user.as_deref(), Some("alice"));
         assert_eq!(loaded[0].session_started, Some(7));
         assert_eq!(loaded[0].uid, Some(10_001));
+        assert_eq!(loaded[0].runtime, WorkerRuntime::Gvisor);
         let mode = fs::metadata(dir.join(FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         fs::remove_dir_all(dir).unwrap();

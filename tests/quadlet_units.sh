@@ -90,6 +90,19 @@ plain_unit_verifies() {
 	HOME=$home verifies_silently "$TMP/plain/code-interpreter.service"
 }
 
+# gvisor_units_verify: the gVisor Podman service's socket and service units
+# (with the drop-in install.sh writes) are silent under systemd-analyze verify.
+gvisor_units_verify() {
+	local dir=$TMP/gvisor unit
+	mkdir -p "$dir/code-interpreter-podman-gvisor.service.d"
+	cp "$REPO"/systemd/code-interpreter-podman-gvisor.* "$dir/"
+	printf '[Service]\nEnvironment=CODE_INTERPRETER_RUNSC_WRAPPER=/usr/bin/true\n' \
+		>"$dir/code-interpreter-podman-gvisor.service.d/runtime.conf"
+	for unit in "$dir"/code-interpreter-podman-gvisor.socket "$dir"/code-interpreter-podman-gvisor.service; do
+		verifies_silently "$unit" || return 1
+	done
+}
+
 # same_stop_post: both kinds of unit stop the same way.
 same_stop_post() {
 	local quadlet plain
@@ -127,6 +140,7 @@ main() {
 	check "a unit with an unknown key is refused" broken_unit_refused
 	check "systemd/code-interpreter.service: systemd-analyze verify --user is silent" plain_unit_verifies
 	check "the plain unit's ExecStopPost is the Quadlet unit's" same_stop_post
+	check "systemd/code-interpreter-podman-gvisor.{socket,service}: verify --user is silent" gvisor_units_verify
 
 	echo "systemd units: $passed passed, $failed failed"
 	((failed == 0))

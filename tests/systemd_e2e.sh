@@ -200,9 +200,59 @@ inside_after_reboot() {
 	check "after the reboot print(6 * 7) gives 42" result_text_is $'42\n' "$(execute e2e 'print(6 * 7)')"
 	check "the journal has the gateway's log (README's journalctl, as root)" \
 		bash -c 'journalctl --no-pager _SYSTEMD_USER_UNIT=code-interpreter.service | grep -q "code-interpreter listening"'
+}
+
+status_json() { curl -sS --max-time 10 -H "X-Auth-Token: $(cat /root/e2e-token)" "$UNIT_URL/status"; }
+gvisor_socket_listening() { [[ $("${SYSCTL[@]}" is-active "$GVISOR_SOCKET_UNIT" 2>/dev/null) == active ]]; }
+
+# workers.runtime = "gvisor" in the installed config, install.sh again (runsc,
+# its Podman service's units, the gateway's drop-in), a restart: new sessions
+# run under gVisor, a restart re-adopts them, a stop removes them.
+inside_gvisor() {
+	local t0 status platform out
+	sed -i 's/^runtime = "runc"$/runtime = "gvisor"/' "$CI_CONFIG"
+	check "the installed config says runtime = \"gvisor\"" grep -q '^runtime = "gvisor"$' "$CI_CONFIG"
+	t0=$(date +%s.%N)
+	check "scripts/install.sh with workers.runtime = \"gvisor\"" \
+		/src/scripts/install.sh --binary /src/target/release/code-interpreter
+	log "install.sh (gVisor): $(elapsed "$t0") s"
+	check "the gVisor Podman socket unit is enabled and listening" gvisor_socket_listening
+	check "the gateway's unit requires it (drop-in)" \
+		bash -c "${SYSCTL[*]} show -p Requires --value $GATEWAY_UNIT | grep -q $GVISOR_SOCKET_UNIT"
+	t0=$(date +%s.%N)
+	check "systemctl --user restart code-interpreter (gVisor)" "${SYSCTL[@]}" restart code-interpreter
+	check "healthy within 60 s of the restart" healthy_within 60
+	log "restart (gVisor) -> healthy: $(elapsed "$t0") s"
+	status=$(status_json)
+	platform=$(grep -o '"platform":"[a-z]*"' <<<"$status" || echo none)
+	log "gVisor: /status isolation: $(grep -o '"isolation":{[^}]*}' <<<"$status" || echo none)"
+	check "/status says the workers run under gVisor" grep -q '"runtime":"gvisor"' <<<"$status"
+	check "/status names the gVisor platform" grep -Eq '"platform":"(systrap|kvm|ptrace)"' <<<"$status"
+	check "/status says there is no nftables firewall (no network at all)" grep -q '"firewall":"none"' <<<"$status"
+	t0=$(date +%s.%N)
+	out=$(execute e2e 'print(b)')
+	log "first gVisor answer: $(elapsed "$t0") s ($platform)"
+	check "the runc session was not re-adopted: a fresh session (NameError)" grep -q NameError <<<"$out"
+	check "print(1) under gVisor gives 1" result_text_is $'1\n' "$(execute gv 'print(1)')"
+	out=$(execute gv 'import os; print(os.uname().release)')
+	log "gVisor: the code sees kernel release $out"
+	check "the kernel release the code sees is gVisor's, not the machine's ($(uname -r))" \
+		bash -c '[[ $1 == *result_text* && $1 != *"$2"* ]]' sh "$out" "$(uname -r)"
+	execute gv 'g = 7' >/dev/null
+	check "systemctl --user restart code-interpreter (gVisor, again)" "${SYSCTL[@]}" restart code-interpreter
+	check "healthy again" healthy_within 60
+	check "after the restart the gVisor session is still there (re-adoption)" \
+		result_text_is $'7\n' "$(execute gv 'print(g)')"
+	check "systemctl --user stop code-interpreter (gVisor)" "${SYSCTL[@]}" stop code-interpreter
+	check "after stop no gVisor worker container is left" no_worker_container
+}
+
+inside_uninstall() {
 	check "scripts/uninstall.sh" /src/scripts/uninstall.sh
 	check "after uninstall no container of $SVC_USER is left" no_container_at_all
 	check "after uninstall the unit is gone" bash -c "! ${SYSCTL[*]} cat $GATEWAY_UNIT >/dev/null 2>&1"
+	check "after uninstall the gVisor Podman units are gone" \
+		bash -c "! ${SYSCTL[*]} cat $GVISOR_SOCKET_UNIT >/dev/null 2>&1"
 }
 
 # =============================================================================
@@ -380,6 +430,8 @@ host_main() {
 	wait_booted
 	log "machine: rebooted in $(elapsed "$t1") s"
 	inside after-reboot
+	inside gvisor
+	inside uninstall
 
 	echo "systemd e2e ($SUITE): $passed passed, $failed failed in $(elapsed "$t0") s"
 	((failed == 0)) || return 1
@@ -402,6 +454,8 @@ if [[ ${1:-} == --inside ]]; then
 	install) inside_install ;;
 	run) inside_run ;;
 	after-reboot) inside_after_reboot ;;
+	gvisor) inside_gvisor ;;
+	uninstall) inside_uninstall ;;
 	*) die "unknown phase ${2:-}" ;;
 	esac
 	((failed == 0))

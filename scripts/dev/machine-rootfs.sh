@@ -15,11 +15,11 @@
 # users), Podman with its helpers (nftables for netavark), and what
 # scripts/install.sh and the test use. Also scripts/lib.sh's
 # required_packages, so install.sh finds nothing to install and the machine
-# needs no network.
+# needs no network. runsc for the gVisor phase (workers.runtime = "gvisor").
 MACHINE_PACKAGES=(systemd systemd-sysv dbus dbus-user-session libpam-systemd
 	podman crun runc conmon uidmap slirp4netns catatonit aardvark-dns
 	netavark nftables golang-github-containers-common debootstrap
-	curl ca-certificates util-linux iproute2 procps)
+	curl ca-certificates util-linux iproute2 procps runsc)
 
 # machine_packages SUITE: the package list of SUITE's machine, one a line.
 # Trixie's Podman 5 networks rootless containers with pasta (passt); Podman

@@ -45,6 +45,8 @@ pub struct Worker {
     pub key: String,
     /// The sandbox uid its code runs as; None for a worker of an older gateway (uid 1000).
     pub uid: Option<u32>,
+    /// The OCI runtime its container runs under.
+    pub runtime: WorkerRuntime,
     pub kernel: KernelClient,
     /// How its start went, phase by phase (None: adopted from a previous run).
     pub profile: Option<StartProfile>,
@@ -246,6 +248,7 @@ impl WorkerFactory {
             dir: dir.to_path_buf(),
             key: info.key,
             uid: Some(uid),
+            runtime: self.config.worker.runtime,
             kernel,
             profile: Some(profile),
         })
@@ -269,6 +272,14 @@ impl WorkerFactory {
             record.dir == expected_dir,
             "worker directory {} is not ours",
             record.dir.display()
+        );
+        // A worker started under another runtime than the configured one
+        // would keep its session under the weaker (or other) isolation.
+        anyhow::ensure!(
+            record.runtime == self.config.worker.runtime,
+            "it runs under {}, and workers.runtime is now {}",
+            record.runtime.name(),
+            self.config.worker.runtime.name()
         );
         if let Some(uid) = record.uid {
             anyhow::ensure!(
@@ -295,6 +306,7 @@ impl WorkerFactory {
             dir: record.dir.clone(),
             key: record.key.clone(),
             uid: record.uid,
+            runtime: record.runtime,
             kernel,
             profile: None,
         })
@@ -389,6 +401,7 @@ impl Worker {
             uid: self.uid,
             user: None,
             session_started: None,
+            runtime: self.runtime,
         }
     }
 
