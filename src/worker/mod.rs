@@ -28,10 +28,14 @@ use anyhow::{Context, Result};
 use crate::config::{AllowEntry, Config, MountConfig, NetworkMode, WorkerRuntime};
 use crate::host::CgroupSupport;
 use crate::kernel::{ConnectionInfo, KernelClient};
+use futures_util::StreamExt;
 use crate::random;
 use crate::state::WorkerRecord;
 use runtime::Runtime;
 use uids::SandboxUids;
+
+/// How many leftover containers `remove_others` removes at a time.
+const REMOVE_PARALLELISM: usize = 8;
 
 /// A live worker with a connected kernel.
 pub struct Worker {
@@ -317,17 +321,23 @@ impl WorkerFactory {
     pub async fn remove_others(&self, keep: &[&Worker]) -> Result<usize> {
         let containers: HashSet<&str> = keep.iter().map(|w| w.container.as_str()).collect();
         let dirs: HashSet<&str> = keep.iter().map(|w| w.id.as_str()).collect();
-        let mut removed = 0;
-        for container in self
+        let others: Vec<String> = self
             .runtime
             .list_workers(&self.config.worker.instance)
             .await?
-        {
-            if !containers.contains(container.as_str()) {
-                self.runtime.remove(&container).await?;
-                removed += 1;
-            }
-        }
+            .into_iter()
+            .filter(|container| !containers.contains(container.as_str()))
+            .collect();
+        // Several at a time: a gateway whose runtime changed finds its whole
+        // previous pool here (32 workers: 10 s one by one under gVisor), and
+        // it listens only after this.
+        let removals: Vec<Result<()>> = futures_util::stream::iter(&others)
+            .map(|container| self.runtime.remove(container))
+            .buffer_unordered(REMOVE_PARALLELISM)
+            .collect()
+            .await;
+        let removed = removals.len();
+        removals.into_iter().collect::<Result<Vec<()>>>()?;
         if let Ok(entries) = fs::read_dir(&self.workers_dir) {
             for entry in entries.flatten() {
                 if !dirs.contains(entry.file_name().to_string_lossy().as_ref()) {
