@@ -288,7 +288,10 @@ install_gvisor_units() {
 		svc_systemctl enable "$GVISOR_SOCKET_UNIT" >/dev/null 2>&1 ||
 			die "systemctl --user enable $GVISOR_SOCKET_UNIT failed"
 	fi
-	svc_systemctl restart "$GVISOR_SOCKET_UNIT"
+	# start, not restart: the gateway's unit requires the socket, and a restart
+	# of the socket would restart the gateway too (a changed wrapper already
+	# restarted the service behind it: ensure_gvisor_wrapper).
+	svc_systemctl start "$GVISOR_SOCKET_UNIT"
 	wait_for 15 gvisor_ping || die "the gVisor Podman service does not answer on $PODMAN_GVISOR_SOCK (see: journalctl _SYSTEMD_USER_UNIT=$GVISOR_SERVICE_UNIT)"
 	log "units: gVisor Podman service ($GVISOR_SOCKET_UNIT, platform $GVISOR_PLATFORM) installed and listening"
 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::api::{self, AppState};
 use crate::auth::Token;
@@ -40,6 +40,7 @@ const LOOPS_MARGIN: Duration = Duration::from_secs(5);
 const PODMAN_WAIT: Duration = Duration::from_secs(30);
 
 pub async fn run(config: Config) -> Result<()> {
+    let mut stop_signals = StopSignals::install()?;
     let config = Arc::new(config);
     let token = Token::load_or_create(&config)?;
     let podman = PodmanRuntime::new(&config.podman_socket());
@@ -200,7 +201,7 @@ pub async fn run(config: Config) -> Result<()> {
     tokio::pin!(server);
     tokio::select! {
         _ = &mut server => {}
-        _ = shutdown_signal() => {
+        _ = stop_signals.recv() => {
             // Stop accepting; let running executions finish, within bounds.
             shutdown.begin();
             let grace = config.max_timeout() + SHUTDOWN_MARGIN;
@@ -423,11 +424,29 @@ fn own_process_limit() -> Option<u64> {
     line.split_whitespace().nth(2)?.parse().ok()
 }
 
-async fn shutdown_signal() {
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// SIGTERM and SIGINT, listened for from the first moment: where the gateway
+/// is PID 1 of its container (the Quadlet unit), the kernel drops a signal
+/// that has no handler, so a stop that came while it started up (re-adoption,
+/// Podman still starting) was lost and `podman stop` killed it 10 s later.
+/// Now such a signal waits, and the server shuts down as soon as it serves.
+struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    fn install() -> Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
     }
-    tracing::info!("shutdown requested");
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        tracing::info!("shutdown requested");
+    }
 }
