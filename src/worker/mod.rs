@@ -28,9 +28,9 @@ use anyhow::{Context, Result};
 use crate::config::{AllowEntry, Config, MountConfig, NetworkMode, WorkerRuntime};
 use crate::host::CgroupSupport;
 use crate::kernel::{ConnectionInfo, KernelClient};
-use futures_util::StreamExt;
 use crate::random;
 use crate::state::WorkerRecord;
+use futures_util::StreamExt;
 use runtime::Runtime;
 use uids::SandboxUids;
 
