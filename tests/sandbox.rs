@@ -1075,8 +1075,11 @@ async fn a_hundred_workers_have_distinct_uids_and_one_more_starts() {
     assert!(uids
         .iter()
         .all(|u| (gw.uids.base..gw.uids.base + gw.uids.count).contains(u)));
+    // 100 sessions; one more worker may be idle in the pool already (a start
+    // begun for a waiting user whom a worker that came free first served).
     let status = gw.status().await;
-    assert_eq!(status["total_workers"], 100, "{status}");
+    let total = status["total_workers"].as_u64().unwrap();
+    assert!((100..=101).contains(&total), "{status}");
     let asked = std::time::Instant::now();
     let body = gw.run("tenant-101", "import os; print(os.getuid())").await;
     eprintln!("the 101st worker answered in {:?}", asked.elapsed());
