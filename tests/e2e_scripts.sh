@@ -7,7 +7,9 @@
 # container. Then the same service with gVisor workers
 # (CODE_INTERPRETER_WORKER_RUNTIME=gvisor, as config.toml's workers.runtime):
 # a new user's print(1), a plot, a file upload and download, a timeout (504)
-# and the fresh session after it. Stops the service on failure too.
+# and the fresh session after it. Last, start.sh after every process of the
+# service user was killed without a reboot (a machine image taken while the
+# service ran). Stops the service on failure too.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=scripts/lib.sh
@@ -66,6 +68,27 @@ gvisor_leg() {
 	check "gVisor: stop.sh leaves no worker container" test "$(worker_containers)" -eq 0
 }
 
+# The service user's processes, all of them (this test's start.sh started them).
+svc_pids() { pgrep -u "$SVC_UID" || true; }
+no_svc_process() { [[ -z $(svc_pids) ]]; }
+
+# A machine restored from an image taken while the service ran, as CI's are:
+# /run is on disk here, so every process of the service user is gone but its
+# runtime directory is as it was (Podman's "no reboot yet" flag, workers it
+# believes running). start.sh must still bring the service up.
+stale_runtime_leg() {
+	"$REPO/scripts/start.sh" --no-build
+	execute stale-user 'x = 1' >/dev/null
+	# shellcheck disable=SC2046 # one pid a word
+	kill -KILL $(svc_pids) 2>/dev/null || true
+	check "every process of $SVC_USER ended (kill -9, no reboot)" wait_for 20 no_svc_process
+	check "start.sh brings the service up over the stale runtime directory" \
+		"$REPO/scripts/start.sh" --no-build
+	check "then a new user's print(1) gives 1" result_text_is $'1\n' "$(execute stale-user-2 'print(1)')"
+	"$REPO/scripts/stop.sh"
+	check "stop.sh leaves no worker container" test "$(worker_containers)" -eq 0
+}
+
 main() {
 	"$REPO/scripts/start.sh"
 	svc_resolve
@@ -106,6 +129,7 @@ main() {
 	check "stop.sh is idempotent" true
 
 	gvisor_leg
+	stale_runtime_leg
 
 	echo "e2e: $passed passed, $failed failed"
 	((failed == 0))
