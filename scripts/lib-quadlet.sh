@@ -21,10 +21,8 @@ UNIT_URL=http://127.0.0.1:3874
 PLAIN_UNIT=$REPO/systemd/code-interpreter.service
 
 quadlet_dir() { echo "$SVC_HOME/.config/containers/systemd"; }
-plain_unit_path() { echo "$SVC_HOME/.config/systemd/user/$GATEWAY_UNIT"; }
+plain_unit_path() { echo "$(user_unit_dir)/$GATEWAY_UNIT"; }
 
-# svc_systemctl ARGS...: systemctl --user of the service user's manager.
-svc_systemctl() { svc_run systemctl --user "$@"; }
 
 # version_ge A B: version A >= version B.
 version_ge() { printf '%s\n' "$2" "$1" | sort -V -C; }
@@ -261,7 +259,6 @@ gateway_containers() { svc_podman ps -aq --filter "label=$GATEWAY_LABEL"; }
 # $XDG_RUNTIME_DIR/podman/podman-gvisor.sock, the Quadlet container (which
 # mounts %t/podman) at /run/podman/podman-gvisor.sock.
 
-user_unit_dir() { echo "$SVC_HOME/.config/systemd/user"; }
 gateway_gvisor_dropin() { echo "$(user_unit_dir)/$GATEWAY_UNIT.d/gvisor.conf"; }
 
 # install_gvisor_units: runsc and its wrapper, the units and drop-ins, the
@@ -276,23 +273,22 @@ install_gvisor_units() {
 	svc_run mkdir -p "$dir/$GVISOR_SERVICE_UNIT.d" "$dir/$GATEWAY_UNIT.d"
 	install_svc_file "$REPO/systemd/$GVISOR_SOCKET_UNIT" "$dir/$GVISOR_SOCKET_UNIT" 0644
 	install_svc_file "$REPO/systemd/$GVISOR_SERVICE_UNIT" "$dir/$GVISOR_SERVICE_UNIT" 0644
-	printf '%s\n' "# Written by scripts/install.sh: the runsc wrapper of this host's gVisor platform." \
-		'[Service]' "Environment=CODE_INTERPRETER_RUNSC_WRAPPER=$GVISOR_WRAPPER" |
-		svc_write_if_changed "$dir/$GVISOR_SERVICE_UNIT.d/runtime.conf"
-	printf '%s\n' "# Written by scripts/install.sh: workers.runtime = \"gvisor\"; the gateway creates" \
+	svc_write_if_changed "$dir/$GVISOR_SERVICE_UNIT.d/runtime.conf" "$(printf '%s\n' \
+		"# Written by scripts/install.sh: the runsc wrapper of this host's gVisor platform." \
+		'[Service]' "Environment=CODE_INTERPRETER_RUNSC_WRAPPER=$GVISOR_WRAPPER")" || true
+	svc_write_if_changed "$(gateway_gvisor_dropin)" "$(printf '%s\n' \
+		"# Written by scripts/install.sh: workers.runtime = \"gvisor\"; the gateway creates" \
 		"# its workers through the gVisor Podman service's socket." \
-		'[Unit]' "Requires=$GVISOR_SOCKET_UNIT" "After=$GVISOR_SOCKET_UNIT $GVISOR_SERVICE_UNIT" |
-		svc_write_if_changed "$(gateway_gvisor_dropin)"
+		'[Unit]' "Requires=$GVISOR_SOCKET_UNIT" "After=$GVISOR_SOCKET_UNIT $GVISOR_SERVICE_UNIT")" || true
 	svc_systemctl daemon-reload
 	if [[ $(svc_systemctl is-enabled "$GVISOR_SOCKET_UNIT" 2>/dev/null) != enabled ]]; then
 		svc_systemctl enable "$GVISOR_SOCKET_UNIT" >/dev/null 2>&1 ||
 			die "systemctl --user enable $GVISOR_SOCKET_UNIT failed"
 	fi
-	# start, not restart: the gateway's unit requires the socket, and a restart
-	# of the socket would restart the gateway too (a changed wrapper already
-	# restarted the service behind it: ensure_gvisor_wrapper).
-	svc_systemctl start "$GVISOR_SOCKET_UNIT"
-	wait_for 15 gvisor_ping || die "the gVisor Podman service does not answer on $PODMAN_GVISOR_SOCK (see: journalctl _SYSTEMD_USER_UNIT=$GVISOR_SERVICE_UNIT)"
+	# Started, not restarted: the gateway's unit requires the socket, and a
+	# restart of the socket would restart the gateway too (a changed wrapper
+	# already restarted the service behind it: ensure_gvisor_wrapper).
+	start_gvisor_service
 	log "units: gVisor Podman service ($GVISOR_SOCKET_UNIT, platform $GVISOR_PLATFORM) installed and listening"
 }
 

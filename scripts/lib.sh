@@ -110,18 +110,25 @@ svc_podman() { svc_run podman "$@"; }
 # svc_write PATH: stdin into PATH, opened by the service user.
 svc_write() { svc_run tee "$1" >/dev/null; }
 
-# svc_write_if_changed PATH: stdin to PATH (as the service user) unless PATH
-# already holds exactly that.
+# svc_write_if_changed PATH CONTENT [WHAT]: CONTENT to PATH as the service
+# user unless PATH already holds it (logged as WHAT, default "install").
+# Returns 1 when it was already there.
 svc_write_if_changed() {
-	local content
-	content=$(cat)
-	if [[ -f $1 && $(svc_run cat "$1" 2>/dev/null) == "$content" ]]; then
-		log "install: $1 up to date"
-		return 0
+	local path=$1 content=$2 what=${3:-install}
+	if [[ -f $path ]] && [[ $(<"$path") == "$content" ]]; then
+		log "$what: $path up to date"
+		return 1
 	fi
-	log "install: writing $1"
-	printf '%s\n' "$content" | svc_write "$1"
+	log "$what: writing $path"
+	printf '%s\n' "$content" | svc_write "$path" || die "could not write $path"
 }
+
+# svc_systemctl ARGS...: systemctl --user of the service user's manager.
+svc_systemctl() { svc_run systemctl --user "$@"; }
+
+# The service user's own systemd units (the plain gateway unit, the gVisor
+# Podman service's units and the drop-ins of scripts/install.sh).
+user_unit_dir() { echo "$SVC_HOME/.config/systemd/user"; }
 
 # svc_daemon PIDFILE LOGFILE CMD...: start CMD as the service user in its own
 # session, detached from our stdio, appending to LOGFILE; PIDFILE gets the pid
@@ -361,17 +368,12 @@ ensure_service_dirs() {
 	svc_run chmod 0700 "$CI_STATE" "$CI_RUN"
 }
 
-# write_svc_file PATH CONTENT: write CONTENT to PATH as the service user unless
-# it is already identical; sets PODMAN_CONFIG_CHANGED when it writes.
+# write_svc_file PATH CONTENT: a Podman configuration file, written unless it
+# is already identical; sets PODMAN_CONFIG_CHANGED when it writes.
 write_svc_file() {
-	local path=$1 content=$2
-	if [[ -f $path ]] && [[ $(<"$path") == "$content" ]]; then
-		log "podman config: $path up to date"
-		return 0
+	if svc_write_if_changed "$1" "$2" "podman config"; then
+		PODMAN_CONFIG_CHANGED=1
 	fi
-	log "podman config: writing $path"
-	PODMAN_CONFIG_CHANGED=1
-	printf '%s\n' "$content" | svc_write "$path"
 }
 
 # storage.conf must exist before the first podman command of the user: the
@@ -529,28 +531,34 @@ ensure_gvisor_wrapper() {
 	svc_run chmod 0755 "$GVISOR_WRAPPER"
 	stop_pid "$PODMAN_GVISOR_PIDFILE" /usr/bin/podman "gVisor podman service" || true
 	if user_systemd; then
-		svc_run systemctl --user try-restart "$GVISOR_SERVICE_UNIT" 2>/dev/null || true
+		svc_systemctl try-restart "$GVISOR_SERVICE_UNIT" 2>/dev/null || true
 	fi
 }
 
 # gvisor_socket_unit_installed: scripts/install.sh installed the systemd
 # units of the gVisor Podman service (systemd/code-interpreter-podman-gvisor.*).
 gvisor_socket_unit_installed() {
-	user_systemd && [[ -f $SVC_HOME/.config/systemd/user/$GVISOR_SOCKET_UNIT ]]
+	user_systemd && [[ -f $(user_unit_dir)/$GVISOR_SOCKET_UNIT ]]
 }
 
-# ensure_gvisor: runsc, its wrapper, and the Podman service that runs it:
-# through its socket unit where install.sh installed one, else detached.
+# ensure_gvisor: runsc, its wrapper, and the Podman service that runs it.
 ensure_gvisor() {
 	apt_ensure "gVisor" runsc
 	ensure_gvisor_wrapper
+	start_gvisor_service
+}
+
+# start_gvisor_service: the gVisor Podman service answering, through its
+# socket unit where install.sh installed one, else detached (after
+# ensure_gvisor_wrapper).
+start_gvisor_service() {
 	if gvisor_ping; then
 		log "gVisor podman service: answering on $PODMAN_GVISOR_SOCK (platform $GVISOR_PLATFORM)"
 		return 0
 	fi
 	if gvisor_socket_unit_installed; then
 		log "gVisor podman service: starting $GVISOR_SOCKET_UNIT"
-		svc_run systemctl --user start "$GVISOR_SOCKET_UNIT"
+		svc_systemctl start "$GVISOR_SOCKET_UNIT"
 	else
 		log "gVisor podman service: starting 'podman --runtime $GVISOR_WRAPPER system service' as $SVC_USER"
 		svc_run mkdir -p "$(dirname "$PODMAN_GVISOR_SOCK")" "$CI_RUN"
@@ -560,6 +568,9 @@ ensure_gvisor() {
 	if wait_for 15 gvisor_ping; then
 		log "gVisor podman service: ready (platform $GVISOR_PLATFORM)"
 		return 0
+	fi
+	if gvisor_socket_unit_installed; then
+		die "gVisor podman service did not answer on $PODMAN_GVISOR_SOCK within 15 s (see: journalctl _SYSTEMD_USER_UNIT=$GVISOR_SERVICE_UNIT)"
 	fi
 	tail -n 20 "$CI_STATE/podman-gvisor-service.log" >&2 2>/dev/null || true
 	die "gVisor podman service did not answer on $PODMAN_GVISOR_SOCK within 15 s"
