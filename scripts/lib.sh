@@ -339,6 +339,12 @@ ensure_runtime_dir() {
 	clear_stale_runtime_dir
 }
 
+# svc_live_pids: the service user's processes, one pid a line, zombies left
+# out (they hold nothing; where PID 1 does not reap orphans they never go).
+svc_live_pids() {
+	ps -u "$SVC_UID" -o pid=,stat= 2>/dev/null | awk '$2 !~ /^Z/ { print $1 }'
+}
+
 # The runtime directory is meant to live on a tmpfs that ends with the user's
 # processes (logind) or the boot. Where /run is on disk and the service user's
 # processes were all ended without a reboot (a machine image taken while it
@@ -348,7 +354,7 @@ ensure_runtime_dir() {
 # pause process": their conmon pids are gone). With none of the user's
 # processes alive nothing can be using the directory: empty it, as a reboot would.
 clear_stale_runtime_dir() {
-	pgrep -u "$SVC_UID" >/dev/null && return 0
+	[[ -n $(svc_live_pids) ]] && return 0
 	[[ -n $(as_root find "$SVC_RUNTIME" -mindepth 1 -maxdepth 1 -print -quit) ]] || return 0
 	log "service user: no process of $SVC_USER runs; clearing the stale $SVC_RUNTIME"
 	as_root find "$SVC_RUNTIME" -mindepth 1 -maxdepth 1 -exec rm -rf {} +

@@ -69,8 +69,17 @@ gvisor_leg() {
 }
 
 # The service user's processes, all of them (this test's start.sh started them).
-svc_pids() { pgrep -u "$SVC_UID" || true; }
-no_svc_process() { [[ -z $(svc_pids) ]]; }
+# Kill every live process of the service user; true once none is left. Killed
+# again on each call: a process forked between listing and killing (Podman
+# starting the pool's next worker) would otherwise outlive the rest.
+no_svc_process() {
+	local pids
+	pids=$(svc_live_pids)
+	[[ -z $pids ]] && return 0
+	# shellcheck disable=SC2086 # one pid a word
+	kill -KILL $pids 2>/dev/null
+	return 1
+}
 
 # A machine restored from an image taken while the service ran, as CI's are:
 # /run is on disk here, so every process of the service user is gone but its
@@ -79,8 +88,6 @@ no_svc_process() { [[ -z $(svc_pids) ]]; }
 stale_runtime_leg() {
 	"$REPO/scripts/start.sh" --no-build
 	execute stale-user 'x = 1' >/dev/null
-	# shellcheck disable=SC2046 # one pid a word
-	kill -KILL $(svc_pids) 2>/dev/null || true
 	check "every process of $SVC_USER ended (kill -9, no reboot)" wait_for 20 no_svc_process
 	check "start.sh brings the service up over the stale runtime directory" \
 		"$REPO/scripts/start.sh" --no-build
