@@ -709,7 +709,8 @@ fn processes_of(host_uid: u32) -> usize {
 
 /// Issue 12, point 2: our seccomp profile closes the kernel's larger attack
 /// surface (namespaces, mounts, keyring, bpf, perf, ptrace, userfaultfd,
-/// memfd), the scientific stack still works, and so does the worker afterwards.
+/// memfd, 32-bit syscall ABIs), the scientific stack still works, and so does
+/// the worker afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespaces_mounts_keyring_and_memfd_are_denied() {
     let gw = gateway_with_bystander(Options::default()).await;
@@ -747,6 +748,18 @@ try:
         held += 1
 except OSError as e:
     print("memfd flood", held, errno.errorcode[e.errno])
+# 32-bit syscalls: int 0x80 (the i386 ABI: getpid is 20) and the x32 ABI
+# (x86_64 numbers with bit 30), each from a child: the filter kills the caller.
+int80 = """
+import ctypes, mmap
+page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+page.write(bytes([0xb8, 20, 0, 0, 0, 0xcd, 0x80, 0xc3]))  # mov eax, 20; int 0x80; ret
+print(ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(page)))())
+"""
+x32 = "import ctypes; print(ctypes.CDLL(None).syscall(0x40000000 | 39))"
+for name, code in (("int 0x80", int80), ("x32", x32)):
+    r = subprocess.run(["python3", "-c", code], capture_output=True, text=True)
+    print(name, "exit", r.returncode, r.stdout.strip() or "-")
 for args in (["unshare", "-U", "true"], ["unshare", "-n", "true"], ["unshare", "-Urnm", "true"],
              ["mount", "-t", "tmpfs", "none", "/tmp"], ["nsenter", "-t", "1", "-U", "true"]):
     r = subprocess.run(args, capture_output=True, text=True)
@@ -786,6 +799,21 @@ for args in (["unshare", "-U", "true"], ["unshare", "-n", "true"], ["unshare", "
         report.contains(&format!("memfd flood 0 {refused}")),
         "{report}"
     );
+    // Only the native ABI passes the filter: runc kills the caller with
+    // SIGSYS; gVisor, which has no 32-bit ABI, fails the call (a negative
+    // result where getpid would give a pid).
+    for abi in ["int 0x80", "x32"] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("{abi} exit ")))
+            .unwrap_or_else(|| panic!("no {abi} line:\n{report}"));
+        if common::gvisor() {
+            let fields: Vec<&str> = line.rsplitn(3, ' ').collect();
+            assert!(fields[1] != "0" || fields[0].starts_with('-'), "{line}");
+        } else {
+            assert_eq!(line, format!("{abi} exit -31 -"), "{report}");
+        }
+    }
     for command in [
         "unshare -U",
         "unshare -n",
@@ -875,6 +903,8 @@ for name, nr, args in [("shmget", 29, (0, 1 << 30, 0o1600)), ("msgget", 68, (0, 
     r = libc.syscall(nr, *args)
     print(name, "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()])
 print("msgqueue", resource.getrlimit(resource.RLIMIT_MSGQUEUE)[0])
+print("rlimit as", *resource.getrlimit(resource.RLIMIT_AS))
+print("rlimit fsize", *resource.getrlimit(resource.RLIMIT_FSIZE))
 import socket
 a, b = socket.socketpair()
 try:
@@ -921,6 +951,15 @@ print("pipe queued", piped)
         .parse()
         .unwrap();
     assert!((0..=8 << 20).contains(&msgqueue), "{report}");
+    // The entrypoint's RLIMIT_AS and the spec's RLIMIT_FSIZE, soft and hard:
+    // address_space_mb and disk_mb as configured (2048, 500).
+    for (limit, mib) in [("as", 2048u64), ("fsize", 500)] {
+        let bytes = mib << 20;
+        assert!(
+            report.contains(&format!("rlimit {limit} {bytes} {bytes}\n")),
+            "RLIMIT_{limit} is not {mib} MiB:\n{report}"
+        );
+    }
     assert!(
         report.contains("shmget EPERM\n") && report.contains("msgget EPERM\n"),
         "{report}"

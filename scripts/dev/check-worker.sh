@@ -85,8 +85,8 @@ main() {
 		--network none --user 0:0 --cap-drop all \
 		--cap-add NET_ADMIN --cap-add SETUID --cap-add SETGID --cap-add SETPCAP --read-only \
 		--tmpfs /tmp:rw,size=100m,mode=1777 --tmpfs /sandbox:rw,size=500m,mode=1777 \
-		--ulimit nofile=1024:1024 --ulimit nproc=1024:1024 --init --workdir /sandbox \
-		-e CI_LIMIT_AS=$((2048 << 20)) -e CI_LIMIT_FSIZE=$((500 << 20)) \
+		--ulimit nofile=1024:1024 --ulimit nproc=1024:1024 --ulimit fsize=$((500 << 20)):$((500 << 20)) \
+		--init --workdir /sandbox -e CI_LIMIT_AS=$((2048 << 20)) \
 		-v "$dir:/run/kernel:rw" "$WORKER_IMAGE" >/dev/null
 
 	local rc=0

@@ -435,6 +435,8 @@ mod tests {
         assert_eq!(spec["labels"][WORKER_LABEL], "1");
         assert_eq!(spec["labels"][INSTANCE_LABEL], "default");
         assert_eq!(spec["r_limits"][0]["type"], "nofile");
+        assert_eq!(spec["r_limits"][2]["type"], "fsize");
+        assert_eq!(spec["r_limits"][2]["hard"], 500u64 << 20);
         assert_eq!(spec["env"]["CI_LIMIT_AS"], (2048u64 << 20).to_string());
         assert_eq!(spec["env"]["CI_SANDBOX_UID"], "10007");
         assert_eq!(

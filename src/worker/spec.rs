@@ -185,16 +185,13 @@ pub fn container_spec(
     let rlimits = vec![
         rlimit("nofile", limits.nofile),
         rlimit("nproc", limits.nproc),
+        rlimit("fsize", limits.disk_mb * 1024 * 1024),
     ];
-    // Podman cannot set RLIMIT_AS; the entrypoint applies these with prlimit.
+    // Podman cannot set RLIMIT_AS: the entrypoint does, with the shell's ulimit.
     let env = HashMap::from([
         (
             "CI_LIMIT_AS".to_string(),
             (limits.address_space_mb * 1024 * 1024).to_string(),
-        ),
-        (
-            "CI_LIMIT_FSIZE".to_string(),
-            (limits.disk_mb * 1024 * 1024).to_string(),
         ),
         // The entrypoint drops to this uid (1000 when unset: older gateways).
         (SANDBOX_UID_ENV.to_string(), site.uid.to_string()),
