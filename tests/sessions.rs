@@ -61,6 +61,23 @@ async fn the_kernel_looks_like_a_plain_ipython_kernel() {
         )
         .await;
     assert_eq!(star["result_text"], "AsyncKernelManager\n", "{star}");
+    // The launcher's dateutil stand-ins are gone: the user gets the real
+    // modules, and the kernel still reads message dates.
+    let dates = gw
+        .run(
+            "carol",
+            "import dateutil.parser, dateutil.tz\n\
+             from jupyter_client.jsonutil import parse_date\n\
+             print(hasattr(dateutil.parser, '__file__'), hasattr(dateutil.tz, '__file__'))\n\
+             print(dateutil.parser.parse('2 Dec 2026 10:00').isoformat(), type(dateutil.tz.tzlocal()).__name__)\n\
+             print(parse_date('2026-12-03T06:00:00.123456Z').isoformat())",
+        )
+        .await;
+    assert_eq!(
+        dates["result_text"],
+        "True True\n2026-12-02T10:00:00 tzlocal\n2026-12-03T06:00:00.123456+00:00\n",
+        "{dates}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
