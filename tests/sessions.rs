@@ -61,8 +61,8 @@ async fn the_kernel_looks_like_a_plain_ipython_kernel() {
         )
         .await;
     assert_eq!(star["result_text"], "AsyncKernelManager\n", "{star}");
-    // The launcher's dateutil stand-ins are gone: the user gets the real
-    // modules, and the kernel still reads message dates.
+    // The launcher's stand-ins (dateutil, curses) are gone: the user gets the
+    // real modules, and the kernel still reads message dates.
     let dates = gw
         .run(
             "carol",
@@ -70,12 +70,13 @@ async fn the_kernel_looks_like_a_plain_ipython_kernel() {
              from jupyter_client.jsonutil import parse_date\n\
              print(hasattr(dateutil.parser, '__file__'), hasattr(dateutil.tz, '__file__'))\n\
              print(dateutil.parser.parse('2 Dec 2026 10:00').isoformat(), type(dateutil.tz.tzlocal()).__name__)\n\
-             print(parse_date('2026-12-03T06:00:00.123456Z').isoformat())",
+             print(parse_date('2026-12-03T06:00:00.123456Z').isoformat())\n\
+             import curses; print(curses.__name__)",
         )
         .await;
     assert_eq!(
         dates["result_text"],
-        "True True\n2026-12-02T10:00:00 tzlocal\n2026-12-03T06:00:00.123456+00:00\n",
+        "True True\n2026-12-02T10:00:00 tzlocal\n2026-12-03T06:00:00.123456+00:00\ncurses\n",
         "{dates}"
     );
 }

@@ -564,8 +564,9 @@ async fn wait_for_sockets(info: &ConnectionInfo, within: Duration) -> Result<()>
         if tokio::time::Instant::now() >= deadline {
             anyhow::bail!("the kernel's sockets did not appear within {within:?}");
         }
-        // Three stat calls per turn: cheap enough to look often.
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        // An open and at most five stat calls per turn: cheap enough to look
+        // every millisecond (tokio's timer granularity) of a cold start.
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
