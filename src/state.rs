@@ -106,8 +106,13 @@ impl Registry {
                 _ = self.dirty.notified() => {}
                 _ = shutdown.recv() => return,
             }
-            if let Err(e) = self.save() {
-                tracing::error!("could not save the worker table: {e:#}");
+            // save() blocks (write, fsync, rename): off the runtime's threads,
+            // which serve requests and time cold starts meanwhile.
+            let registry = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || registry.save()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!("could not save the worker table: {e:#}"),
+                Err(e) => tracing::error!("the worker table's writer failed: {e}"),
             }
         }
     }
