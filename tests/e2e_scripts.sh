@@ -68,7 +68,6 @@ gvisor_leg() {
 	check "gVisor: stop.sh leaves no worker container" test "$(worker_containers)" -eq 0
 }
 
-# The service user's processes, all of them (this test's start.sh started them).
 # Kill every live process of the service user; true once none is left. Killed
 # again on each call: a process forked between listing and killing (Podman
 # starting the pool's next worker) would otherwise outlive the rest.
