@@ -35,9 +35,9 @@ async fn state_persists_between_calls() {
     assert_eq!(third["execution_count"], 4);
 }
 
-/// containerfiles/worker/worker-kernel starts the kernel with two cuts (no
-/// garbage collection while it starts, jupyter_client's __init__ deferred):
-/// user code sees neither.
+/// containerfiles/worker/worker-kernel starts the kernel with cuts (no
+/// garbage collection while it starts, jupyter_client's __init__ deferred,
+/// stand-ins for modules it does not need yet): user code sees none of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kernel_looks_like_a_plain_ipython_kernel() {
     let gw = Gateway::start(Options::default()).await;
@@ -78,6 +78,41 @@ async fn the_kernel_looks_like_a_plain_ipython_kernel() {
         dates["result_text"],
         "True True\n2026-12-02T10:00:00 tzlocal\n2026-12-03T06:00:00.123456+00:00\ncurses\n",
         "{dates}"
+    );
+}
+
+/// The launcher's start cache (containerfiles/worker/_code_interpreter_start_cache.py)
+/// and its deferred modules (ssl, asyncio's TLS protocol, ctypes): the kernel's
+/// modules came from the cache and still show their source, the finder and
+/// the pattern cache are gone, the deferred modules are real once used (TLS
+/// through asyncio works), and a module whose source changed since the cache
+/// was recorded loads from its source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_start_cache_and_deferred_modules_leave_no_trace() {
+    let gw = Gateway::start(Options::default()).await;
+    let traces = gw
+        .run("alice", include_str!("kernel_start/no_trace.py"))
+        .await;
+    assert_eq!(
+        traces["result_text"],
+        "finder []\nre re._compiler\nloader _CachedSourceLoader True\n\
+         source /opt/venv/lib/python3.11/site-packages/ipykernel/kernelapp.py True\n\
+         real True\nerrors True\nctypes True\nbound True True True\nproto True True\n",
+        "{traces}"
+    );
+    let tls = gw
+        .run("bob", include_str!("kernel_start/tls_over_asyncio.py"))
+        .await;
+    assert_eq!(
+        tls["result_text"], "b'hello over tls\\n' TLSv1.3\n",
+        "{tls}"
+    );
+    let stale = gw
+        .run("carol", include_str!("kernel_start/stale_sources.py"))
+        .await;
+    assert_eq!(
+        stale["result_text"], "kept, recorded _CachedSourceLoader | edited, changed since\n",
+        "{stale}"
     );
 }
 
