@@ -135,7 +135,7 @@ gateway_inputs_hash() {
 # ensure_gateway_image BINARY: the gateway image from a binary built on the
 # host, offline (COPY onto the base image); skipped when its inputs are unchanged.
 ensure_gateway_image() {
-	local bin=$1 hash tmp old_id rc=0
+	local bin=$1 hash tmp
 	[[ -x $bin ]] || die "gateway binary $bin does not exist"
 	hash=$(gateway_inputs_hash "$bin")
 	if [[ $(image_inputs_label "$GATEWAY_IMAGE") == "$hash" ]]; then
@@ -143,23 +143,13 @@ ensure_gateway_image() {
 		return 0
 	fi
 	log "gateway image: building $GATEWAY_IMAGE from $bin (inputs ${hash:0:12})"
-	old_id=$(svc_podman image inspect --format '{{.Id}}' "$GATEWAY_IMAGE" 2>/dev/null || true)
 	# The context is a directory of the service user's (the repo may be unreadable to it).
 	tmp=$(svc_run mktemp -d /var/tmp/code-interpreter-gateway.XXXXXX)
 	svc_write "$tmp/gateway.Containerfile" <"$REPO/containerfiles/gateway.Containerfile"
 	svc_write "$tmp/code-interpreter" <"$bin"
 	svc_run chmod 0755 "$tmp/code-interpreter"
-	svc_podman build --pull=never --format docker -f "$tmp/gateway.Containerfile" \
-		--label "$INPUTS_LABEL=$hash" -t "$GATEWAY_IMAGE" "$tmp" >"$CI_STATE/gateway-build.log" 2>&1 || rc=$?
-	svc_run rm -rf "$tmp"
-	if ((rc != 0)); then
-		tail -n 20 "$CI_STATE/gateway-build.log" >&2
-		die "gateway image build failed (log: $CI_STATE/gateway-build.log)"
-	fi
-	if [[ -n $old_id ]]; then
-		svc_podman rmi "$old_id" >/dev/null 2>&1 || true
-	fi
-	log "gateway image: built"
+	build_image "gateway image" "$GATEWAY_IMAGE" "$tmp" gateway-build.log \
+		--format docker -f "$tmp/gateway.Containerfile" --label "$INPUTS_LABEL=$hash" "$tmp"
 }
 
 # ensure_gateway_image_from_source: the same image compiled inside a Rust

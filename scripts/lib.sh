@@ -360,6 +360,25 @@ clear_stale_runtime_dir() {
 	as_root find "$SVC_RUNTIME" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
 }
 
+# A Podman service killed while it created a worker (kill -9, the OOM killer)
+# leaves a container that only its storage knows: no API call lists or removes
+# it, and it keeps a container layer. Before a service starts, with none of the
+# service user's processes alive, no create is under way: remove ours (named
+# code-interpreter-*) as `podman rm --storage` is meant to.
+remove_storage_only_workers() {
+	local known id name
+	[[ -n $(svc_live_pids) ]] && return 0
+	known=$(svc_podman ps -a -q --no-trunc 2>/dev/null) || return 0
+	while read -r id name; do
+		[[ $name == code-interpreter-* && $known != *"$id"* ]] || continue
+		if svc_podman rm --storage "$id" >/dev/null 2>&1; then
+			log "podman: removed $name, left in storage only by an interrupted create"
+		else
+			warn "podman: could not remove $name ($id), left in storage only"
+		fi
+	done < <(svc_podman ps -a --external --no-trunc --format '{{.ID}} {{.Names}}' 2>/dev/null)
+}
+
 # slirp4netns (network of RUN steps in podman build) opens /dev/net/tun.
 ensure_tun_access() {
 	[[ -e /dev/net/tun ]] || return 0
@@ -462,6 +481,7 @@ ensure_podman_service() {
 		log "podman service: answering on $PODMAN_SOCK"
 		return 0
 	fi
+	remove_storage_only_workers
 	if user_systemd; then
 		log "podman service: enabling the user's podman.socket"
 		svc_run systemctl --user enable --now podman.socket
@@ -685,19 +705,14 @@ image_inputs_label() {
 worker_image_label() { image_inputs_label "$WORKER_IMAGE"; }
 
 ensure_worker_image() {
-	local hash old_id
+	local hash
 	hash=$(worker_inputs_hash)
 	if [[ $(worker_image_label) == "$hash" ]]; then
 		log "worker image: $WORKER_IMAGE up to date (inputs ${hash:0:12})"
 		return 0
 	fi
-	old_id=$(svc_podman image inspect --format '{{.Id}}' "$WORKER_IMAGE" 2>/dev/null || true)
 	log "worker image: building $WORKER_IMAGE (inputs ${hash:0:12})"
 	build_worker_image "$hash"
-	if [[ -n $old_id ]]; then
-		# The previous image, unless a running worker still uses it.
-		svc_podman rmi "$old_id" >/dev/null 2>&1 || true
-	fi
 }
 
 # full_inputs_hash: what the full profile is built from (its Containerfile and
@@ -718,35 +733,55 @@ wants_full_profile() {
 # ensure_full_image: build the full profile unless it is up to date (Debian's
 # LibreOffice, pandoc, ffmpeg, tesseract and Node.js: a few minutes once).
 ensure_full_image() {
-	local hash tmp t0 t1 rc=0 old_id
+	local hash tmp
 	hash=$(full_inputs_hash)
 	if [[ $(image_inputs_label "$FULL_IMAGE") == "$hash" ]]; then
 		log "full worker image: $FULL_IMAGE up to date (inputs ${hash:0:12})"
 		return 0
 	fi
-	old_id=$(svc_podman image inspect --format '{{.Id}}' "$FULL_IMAGE" 2>/dev/null || true)
 	log "full worker image: building $FULL_IMAGE (inputs ${hash:0:12})"
 	tmp=$(svc_run mktemp -d /var/tmp/code-interpreter-build.XXXXXX)
 	svc_write "$tmp/worker-full.Containerfile" <"$REPO/containerfiles/worker-full.Containerfile"
+	build_image "full worker image" "$FULL_IMAGE" "$tmp" worker-full-build.log \
+		--pull=never --layers -f "$tmp/worker-full.Containerfile" \
+		--build-arg "BASE=$WORKER_IMAGE" --label "$INPUTS_LABEL=$hash" "$tmp"
+}
+
+# build_image WHAT IMAGE CONTEXT_COPY LOG BUILD_ARGS...: `podman build
+# BUILD_ARGS` as the service user, tagged IMAGE, logged to $CI_STATE/LOG.
+# CONTEXT_COPY (the service user's copy of the build context) goes either way;
+# a failed build dies with the log's tail. Then the image IMAGE was before goes
+# too, unless a running container still uses it.
+build_image() {
+	local what=$1 image=$2 context_copy=$3 build_log=$CI_STATE/$4 old_id new_id t0 t1 rc=0
+	shift 4
+	old_id=$(svc_podman image inspect --format '{{.Id}}' "$image" 2>/dev/null || true)
 	t0=$(date +%s.%N)
-	svc_podman build --pull=never --layers -f "$tmp/worker-full.Containerfile" \
-		--build-arg "BASE=$WORKER_IMAGE" --label "$INPUTS_LABEL=$hash" -t "$FULL_IMAGE" "$tmp" \
-		>"$CI_STATE/worker-full-build.log" 2>&1 || rc=$?
+	svc_podman build -t "$image" "$@" >"$build_log" 2>&1 || rc=$?
 	t1=$(date +%s.%N)
-	svc_run rm -rf "$tmp"
+	svc_run rm -rf "$context_copy"
 	if ((rc != 0)); then
-		tail -n 30 "$CI_STATE/worker-full-build.log" >&2
-		die "full worker image build failed (log: $CI_STATE/worker-full-build.log)"
+		tail -n 30 "$build_log" >&2
+		die "$what build failed (log: $build_log)"
 	fi
-	[[ -n $old_id ]] && { svc_podman rmi "$old_id" >/dev/null 2>&1 || true; }
-	log "full worker image: built in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s, $(($(svc_podman image inspect --format '{{.Size}}' "$FULL_IMAGE") / 1000000)) MB"
+	new_id=$(svc_podman image inspect --format '{{.Id}}' "$image")
+	if [[ -n $old_id && $old_id != "$new_id" ]]; then
+		svc_podman rmi "$old_id" >/dev/null 2>&1 || true
+	fi
+	# Earlier images of ours that could not go when they were replaced (the full
+	# profile's image was built on them): untagged, unused, gone now.
+	local dangling
+	for dangling in $(svc_podman images -q --filter dangling=true --filter "label=$INPUTS_LABEL" 2>/dev/null); do
+		svc_podman rmi "$dangling" >/dev/null 2>&1 || true
+	done
+	log "$what: built in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s, $(($(svc_podman image inspect --format '{{.Size}}' "$image") / 1000000)) MB"
 }
 
 # The repo may be unreadable to the service user (/root/...): copy the build
 # context into a directory it owns. pip in RUN steps needs the host's CA bundle
 # (TLS-intercepting proxies), mounted read-only beside, not over, the image's.
 build_worker_image() {
-	local hash=$1 tmp t0 t1 size rc=0
+	local hash=$1 tmp
 	local ca_args=()
 	tmp=$(svc_run mktemp -d /var/tmp/code-interpreter-build.XXXXXX)
 	if [[ -r /etc/ssl/certs/ca-certificates.crt ]]; then
@@ -758,18 +793,9 @@ build_worker_image() {
 		svc_run rm -rf "$tmp"
 		die "could not copy the build context to $tmp"
 	fi
-	t0=$(date +%s.%N)
-	svc_podman build --pull=never --layers -f "$tmp/context/worker.Containerfile" \
-		--label "$INPUTS_LABEL=$hash" "${ca_args[@]}" -t "$WORKER_IMAGE" "$tmp/context" \
-		>"$CI_STATE/worker-build.log" 2>&1 || rc=$?
-	t1=$(date +%s.%N)
-	svc_run rm -rf "$tmp"
-	if ((rc != 0)); then
-		tail -n 30 "$CI_STATE/worker-build.log" >&2
-		die "worker image build failed (log: $CI_STATE/worker-build.log)"
-	fi
-	size=$(svc_podman image inspect --format '{{.Size}}' "$WORKER_IMAGE")
-	log "worker image: built in $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s, $((size / 1000000)) MB"
+	build_image "worker image" "$WORKER_IMAGE" "$tmp" worker-build.log \
+		--pull=never --layers -f "$tmp/context/worker.Containerfile" \
+		--label "$INPUTS_LABEL=$hash" "${ca_args[@]}" "$tmp/context"
 }
 
 # install_files BINARY: the gateway binary and the repo's config.toml, owned by
