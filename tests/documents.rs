@@ -38,15 +38,8 @@ print(docx.Document('report.docx').paragraphs[1].text)
         ("sheet.xlsx", b"PK\x03\x04"),
         ("doc.pdf", b"%PDF-"),
     ] {
-        let response = gw
-            .http()
-            .get(format!("{}/files/{file}?user_uuid=clerk", gw.url))
-            .header("X-Auth-Token", &gw.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "{file}");
-        let bytes = response.bytes().await.unwrap();
+        let (status, bytes) = gw.get_file("clerk", file).await;
+        assert_eq!(status, 200, "{file}");
         assert!(
             bytes.starts_with(magic),
             "{file} starts with {:?}",

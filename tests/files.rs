@@ -8,43 +8,16 @@ use std::time::Instant;
 use common::{noise, Gateway, Options};
 use serde_json::Value;
 
-async fn put(gw: &Gateway, user: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
-    let response = gw
-        .http()
-        .put(format!("{}/files/{path}?user_uuid={user}", gw.url))
-        .header("X-Auth-Token", &gw.token)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn get(gw: &Gateway, user: &str, path: &str) -> (u16, Vec<u8>) {
-    let response = gw
-        .http()
-        .get(format!("{}/files/{path}?user_uuid={user}", gw.url))
-        .header("X-Auth-Token", &gw.token)
-        .send()
-        .await
-        .unwrap();
-    (
-        response.status().as_u16(),
-        response.bytes().await.unwrap().to_vec(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_50_mb_file_round_trips_byte_for_byte() {
     let gw = Gateway::start(Options::default()).await;
     let data = noise(50 * 1024 * 1024);
     let started = Instant::now();
-    let (status, body) = put(&gw, "carrier", "big/blob.bin", data.clone()).await;
+    let (status, body) = gw.put_file("carrier", "big/blob.bin", data.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["size"], data.len());
     let uploaded = started.elapsed();
-    let (status, back) = get(&gw, "carrier", "big/blob.bin").await;
+    let (status, back) = gw.get_file("carrier", "big/blob.bin").await;
     assert_eq!(status, 200);
     eprintln!(
         "50 MiB: upload {uploaded:?}, download {:?}",
@@ -64,7 +37,7 @@ async fn a_50_mb_file_round_trips_byte_for_byte() {
 async fn code_reads_uploads_and_writes_downloads() {
     let gw = Gateway::start(Options::default()).await;
     let csv = b"x,y\n1,2\n3,4\n5,6\n".to_vec();
-    assert_eq!(put(&gw, "analyst", "data.csv", csv).await.0, 200);
+    assert_eq!(gw.put_file("analyst", "data.csv", csv).await.0, 200);
     let body = gw
         .run(
             "analyst",
@@ -82,7 +55,7 @@ async fn code_reads_uploads_and_writes_downloads() {
         "import os; os.makedirs('out'); plt.gcf().savefig('out/chart.png')",
     )
     .await;
-    let (status, png) = get(&gw, "analyst", "out/chart.png").await;
+    let (status, png) = gw.get_file("analyst", "out/chart.png").await;
     assert_eq!(status, 200);
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
 
@@ -114,7 +87,7 @@ async fn code_reads_uploads_and_writes_downloads() {
         .await
         .unwrap();
     assert_eq!(deleted.status(), 200);
-    assert_eq!(get(&gw, "analyst", "data.csv").await.0, 404);
+    assert_eq!(gw.get_file("analyst", "data.csv").await.0, 404);
     // The session's state is untouched by file operations.
     assert_eq!(
         gw.run("analyst", "print(len(df))").await["result_text"],
@@ -144,14 +117,14 @@ async fn every_path_trick_is_refused() {
         "a%00b",                  // NUL
         "real",                   // a directory
     ] {
-        let (status, body) = get(&gw, "trickster", path).await;
+        let (status, body) = gw.get_file("trickster", path).await;
         assert_eq!(
             status,
             400,
             "GET {path}: {}",
             String::from_utf8_lossy(&body)
         );
-        let (status, body) = put(&gw, "trickster", path, b"x".to_vec()).await;
+        let (status, body) = gw.put_file("trickster", path, b"x".to_vec()).await;
         assert_eq!(status, 400, "PUT {path}: {body}");
     }
     // Nothing was written through the links.
@@ -160,7 +133,7 @@ async fn every_path_trick_is_refused() {
         .await;
     assert_eq!(check["result_text"], "False\n");
     // No session, no files: 404, and no session is created by looking.
-    assert_eq!(get(&gw, "nobody", "x").await.0, 404);
+    assert_eq!(gw.get_file("nobody", "x").await.0, 404);
     assert_eq!(gw.status().await["sessions"], 1);
 }
 
@@ -171,8 +144,10 @@ async fn uploads_past_the_disk_limit_are_413() {
         ..Options::default()
     })
     .await;
-    let (status, body) = put(&gw, "hoarder", "huge.bin", noise(20 * 1024 * 1024)).await;
+    let (status, body) = gw
+        .put_file("hoarder", "huge.bin", noise(20 * 1024 * 1024))
+        .await;
     assert_eq!(status, 413, "{body}");
-    let (status, _) = put(&gw, "hoarder", "fits.bin", noise(1024 * 1024)).await;
+    let (status, _) = gw.put_file("hoarder", "fits.bin", noise(1024 * 1024)).await;
     assert_eq!(status, 200);
 }

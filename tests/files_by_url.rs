@@ -34,18 +34,6 @@ async fn fetch(gw: &Gateway, user: &str, url: &str, dir: &str, name: &str) -> (u
     post(gw, "/files", user, body).await
 }
 
-async fn get_file(gw: &Gateway, user: &str, path: &str) -> (u16, Vec<u8>) {
-    let response = gw
-        .http()
-        .get(format!("{}/files/{path}?user_uuid={user}", gw.url))
-        .header("X-Auth-Token", &gw.token)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.bytes().await.unwrap().to_vec())
-}
-
 fn detail(body: &Value) -> &str {
     body["detail"].as_str().unwrap_or_default()
 }
@@ -106,11 +94,11 @@ async fn a_csv_by_url_is_read_and_a_plot_is_exported_by_put_and_post() {
     .await;
     assert_eq!(status, 201, "{answer}");
     assert_eq!(
-        get_file(&gw, "analyst", "named.csv").await,
+        gw.get_file("analyst", "named.csv").await,
         (200, CSV.to_vec())
     );
     assert_eq!(
-        get_file(&gw, "analyst", "noise.bin").await,
+        gw.get_file("analyst", "noise.bin").await,
         (200, big.clone())
     );
     let body = gw
@@ -123,7 +111,7 @@ async fn a_csv_by_url_is_read_and_a_plot_is_exported_by_put_and_post() {
         )
         .await;
     assert_eq!(body["result_text"], "12 9\n", "{body}");
-    let (status, png) = get_file(&gw, "analyst", "out/plot.png").await;
+    let (status, png) = gw.get_file("analyst", "out/plot.png").await;
     assert_eq!(status, 200);
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
 
@@ -300,7 +288,7 @@ async fn internal_addresses_are_refused_before_any_connection() {
     let (status, answer) = fetch(&gw, "guarded", &remote.url("/unsized-big"), "", "big.bin").await;
     assert_eq!(status, 413, "{answer}");
     assert_eq!(
-        get_file(&gw, "guarded", "big.bin").await.0,
+        gw.get_file("guarded", "big.bin").await.0,
         404,
         "the partial file is gone"
     );
@@ -315,7 +303,7 @@ async fn internal_addresses_are_refused_before_any_connection() {
     let (status, answer) = fetch(&gw, "guarded", &remote.url("/unsized-big"), "", "keep.csv").await;
     assert_eq!(status, 413, "{answer}");
     assert_eq!(
-        get_file(&gw, "guarded", "keep.csv").await.0,
+        gw.get_file("guarded", "keep.csv").await.0,
         404,
         "written in part: deleted"
     );
@@ -328,7 +316,7 @@ async fn internal_addresses_are_refused_before_any_connection() {
     let (status, answer) = fetch(&gw, "guarded", &remote.url("/missing"), "", "keep.csv").await;
     assert_eq!(status, 502, "{answer}");
     assert_eq!(
-        get_file(&gw, "guarded", "keep.csv").await,
+        gw.get_file("guarded", "keep.csv").await,
         (200, CSV.to_vec())
     );
     // An error of the remote server is 502.

@@ -30,41 +30,22 @@ async fn sandbox_is_the_work_directory_for_code_and_the_file_api() {
     // The file API takes a path relative to the work directory, or absolute
     // under either name.
     for path in ["a.txt", "%2Fsandbox%2Fa.txt", "%2Fhome%2Fsandbox%2Fa.txt"] {
-        let response = gw
-            .http()
-            .get(format!("{}/files/{path}?user_uuid=writer", gw.url))
-            .header("X-Auth-Token", &gw.token)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200, "GET {path}");
-        assert_eq!(response.bytes().await.unwrap().as_ref(), b"A", "GET {path}");
+        assert_eq!(
+            gw.get_file("writer", path).await,
+            (200, b"A".to_vec()),
+            "GET {path}"
+        );
     }
-    let response = gw
-        .http()
-        .put(format!(
-            "{}/files/%2Fsandbox%2Fdir%2Fup.txt?user_uuid=writer",
-            gw.url
-        ))
-        .header("X-Auth-Token", &gw.token)
-        .body("uploaded")
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "{}", response.status());
+    let (status, _) = gw
+        .put_file("writer", "%2Fsandbox%2Fdir%2Fup.txt", b"uploaded".to_vec())
+        .await;
+    assert_eq!(status, 200);
     let answer = gw
         .run("writer", "print(open('/sandbox/dir/up.txt').read())")
         .await;
     assert_eq!(answer["result_text"], "uploaded\n");
     // Other absolute paths stay refused.
-    let response = gw
-        .http()
-        .get(format!("{}/files/%2Ftmp%2Fa.txt?user_uuid=writer", gw.url))
-        .header("X-Auth-Token", &gw.token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
+    assert_eq!(gw.get_file("writer", "%2Ftmp%2Fa.txt").await.0, 400);
     gw.assert_no_orphans().await;
 }
 

@@ -441,6 +441,34 @@ impl Gateway {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// `PUT /files/{path}` for `user` with the token; returns status and
+    /// parsed body (Null when it is not JSON). `path` is sent as given.
+    pub async fn put_file(&self, user: &str, path: &str, body: Vec<u8>) -> (u16, Value) {
+        let response = self
+            .http
+            .put(format!("{}/files/{path}?user_uuid={user}", self.url))
+            .header("X-Auth-Token", &self.token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `GET /files/{path}` for `user` with the token; returns status and bytes.
+    pub async fn get_file(&self, user: &str, path: &str) -> (u16, Vec<u8>) {
+        let response = self
+            .http
+            .get(format!("{}/files/{path}?user_uuid={user}", self.url))
+            .header("X-Auth-Token", &self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.bytes().await.unwrap().to_vec())
+    }
+
     pub async fn execute(&self, user: &str, code: &str) -> (u16, Value) {
         self.post("/execute", json!({"user_uuid": user, "code": code}))
             .await
