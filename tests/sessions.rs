@@ -97,7 +97,8 @@ async fn the_start_cache_and_deferred_modules_leave_no_trace() {
         traces["result_text"],
         "finder []\nre re._compiler\nloader _CachedSourceLoader True\n\
          source /opt/venv/lib/python3.11/site-packages/ipykernel/kernelapp.py True\n\
-         real True\nerrors True\nctypes True\nbound True True True\nproto True True\n",
+         real True\nerrors True\nctypes True\nbound True True True\nproto True True\n\
+         lazy _LazyModule\n",
         "{traces}"
     );
     let tls = gw
