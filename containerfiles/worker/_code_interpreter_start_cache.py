@@ -71,7 +71,7 @@ class StartCache:
 
         with open(path, "rb") as file:
             data = memoryview(mmap.mmap(file.fileno(), 0, prot=mmap.PROT_READ))
-        self._map, self._pycs = data.obj, None
+        self._map = data.obj
         header_len = int.from_bytes(data[:8], "little")
         header = marshal.loads(data[8 : 8 + header_len])
         self.modules = header["modules"]
